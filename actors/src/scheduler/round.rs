@@ -1,0 +1,261 @@
+//! A delivery round: claim everything due, in batches, hand each batch to the
+//! publisher, and find the next deadline.
+//!
+//! Batches are pipelined: while the broker confirms one batch, the next is
+//! claimed (claims skip rows other claims hold). Each claimed batch settles on
+//! its own task, which records the outcomes and commits once the broker has
+//! answered, so a round never waits for confirms and a crash of the scheduler
+//! cannot interrupt a commit.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use ractor::ActorRef;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use uuid::Uuid;
+
+use super::SchedulerMessage;
+use crate::flow::FlowControl;
+use crate::model::{Disposition, NextDue, PublishOutcome};
+use crate::peers::Peers;
+use crate::ports::{Claim, PortError, ScheduleStore};
+use crate::publisher::PublisherMessage;
+
+/// How a round ended, and so what the scheduler arms next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoundOutcome {
+    /// Nothing is pending.
+    Idle,
+    /// The next reminder is due after `NextDue::delay`.
+    Sleep(NextDue),
+    /// A due reminder is held by another claim (another replica, or a claim of
+    /// a previous incarnation still settling): poll again shortly.
+    Contended(NextDue),
+    /// The publisher is not running; its restart triggers a resync.
+    PublisherUnavailable,
+    /// The scheduler is draining.
+    Stopped,
+}
+
+/// Batches claimed and not yet settled: at most `capacity` at once, and the ids
+/// they hold, which the next-due query must look past.
+#[derive(Clone)]
+pub struct InFlight {
+    permits: Arc<Semaphore>,
+    ids: Arc<Mutex<HashSet<Uuid>>>,
+    capacity: u32,
+}
+
+impl InFlight {
+    pub fn new(capacity: usize) -> Self {
+        let capacity = u32::try_from(capacity.max(1)).unwrap_or(u32::MAX);
+        Self {
+            permits: Arc::new(Semaphore::new(capacity as usize)),
+            ids: Arc::default(),
+            capacity,
+        }
+    }
+
+    fn ids(&self) -> Vec<Uuid> {
+        self.lock().iter().copied().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<Uuid>> {
+        self.ids.lock().unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Returns once every claimed batch has settled.
+    pub async fn settled(&self) {
+        let _all = self.permits.acquire_many(self.capacity).await;
+    }
+}
+
+/// Everything a round needs; cloned from the scheduler's state.
+pub struct RoundContext<S> {
+    pub store: S,
+    pub peers: Peers,
+    pub flow: FlowControl,
+    pub in_flight: InFlight,
+    pub batch_size: usize,
+    pub scheduler: ActorRef<SchedulerMessage>,
+    pub stopping: watch::Receiver<bool>,
+}
+
+impl<S: ScheduleStore> RoundContext<S> {
+    /// Runs one round. An error (the database failing) ends the round; batches
+    /// already claimed keep settling on their own.
+    pub async fn run(mut self) -> Result<RoundOutcome, PortError> {
+        let mut last_claim_was_empty = false;
+        loop {
+            let Some(permit) = self.permit_to_claim().await else {
+                return Ok(RoundOutcome::Stopped);
+            };
+            let Some(publisher) = self.peers.publisher.get() else {
+                return Ok(RoundOutcome::PublisherUnavailable);
+            };
+            let claim = self.store.claim_due(self.batch_size).await?;
+            let claimed = claim.reminders().len();
+            if claimed > 0 {
+                self.dispatch(claim, permit, &publisher);
+            }
+            if claimed == self.batch_size {
+                last_claim_was_empty = false;
+                continue;
+            }
+            match self.store.next_due(&self.in_flight.ids()).await? {
+                None => return Ok(RoundOutcome::Idle),
+                Some(next) if !next.delay.is_zero() => return Ok(RoundOutcome::Sleep(next)),
+                // Due, yet not claimable: someone else holds it.
+                Some(next) if claimed == 0 && last_claim_was_empty => {
+                    return Ok(RoundOutcome::Contended(next));
+                }
+                // Became due since the claim; claim again.
+                Some(_) => last_claim_was_empty = claimed == 0,
+            }
+        }
+    }
+
+    /// Waits until the broker accepts publishes and a batch slot is free;
+    /// `None` if the scheduler starts draining meanwhile.
+    async fn permit_to_claim(&mut self) -> Option<OwnedSemaphorePermit> {
+        let flow = &self.flow;
+        let permits = Arc::clone(&self.in_flight.permits);
+        let stopping = &mut self.stopping;
+        let wait = async move {
+            flow.wait_until_open().await;
+            permits.acquire_owned().await.ok()
+        };
+        tokio::select! {
+            biased;
+            _ = stopping.wait_for(|stop| *stop) => None,
+            permit = wait => permit,
+        }
+    }
+
+    /// Publishes the batch's live reminders and settles the claim on its own task.
+    fn dispatch(
+        &self,
+        claim: S::Claim,
+        permit: OwnedSemaphorePermit,
+        publisher: &ActorRef<PublisherMessage>,
+    ) {
+        let ids: Vec<Uuid> = claim.reminders().iter().map(|r| r.id).collect();
+        self.in_flight.lock().extend(ids.iter().copied());
+        let live: Vec<_> = claim
+            .reminders()
+            .iter()
+            .filter(|r| !r.stale)
+            .cloned()
+            .collect();
+        let confirms = if live.is_empty() {
+            None
+        } else {
+            let (reply, outcomes) = tokio::sync::oneshot::channel();
+            let sent = publisher.send_message(PublisherMessage::Publish {
+                reminders: live.clone(),
+                reply: reply.into(),
+            });
+            Some((sent.is_ok(), outcomes))
+        };
+        let in_flight = self.in_flight.clone();
+        let scheduler = self.scheduler.clone();
+        tokio::spawn(async move {
+            let outcomes = match confirms {
+                None => Vec::new(),
+                Some((sent, outcomes)) => match (sent, outcomes.await) {
+                    (true, Ok(outcomes)) => outcomes,
+                    _ => vec![
+                        PublishOutcome::Unknown("the publisher stopped".to_owned());
+                        live.len()
+                    ],
+                },
+            };
+            let settled = settle(claim, &live, outcomes).await;
+            {
+                let mut held = in_flight.lock();
+                for id in &ids {
+                    held.remove(id);
+                }
+            }
+            drop(permit);
+            if let Err(reason) = settled {
+                let _ = scheduler.send_message(SchedulerMessage::BatchFailed(reason));
+            }
+        });
+    }
+}
+
+/// Records what happened to each reminder of a claim and commits. Reminders
+/// the broker did not confirm stay pending. Fails if any did, or the commit did.
+async fn settle<C: Claim>(
+    claim: C,
+    live: &[crate::model::DueReminder],
+    outcomes: Vec<PublishOutcome>,
+) -> Result<(), String> {
+    let mut done: Vec<(Uuid, Disposition)> = claim
+        .reminders()
+        .iter()
+        .filter(|r| r.stale)
+        .map(|r| (r.id, Disposition::SkippedStale))
+        .collect();
+    let skipped = done.len();
+    let mut failures = FailureSummary::default();
+    for (reminder, outcome) in live.iter().zip(&outcomes) {
+        match outcome {
+            PublishOutcome::Confirmed => done.push((reminder.id, Disposition::Published)),
+            PublishOutcome::Nacked => failures.nacked += 1,
+            PublishOutcome::Returned => failures.returned += 1,
+            PublishOutcome::Unknown(reason) => {
+                failures.unknown += 1;
+                failures.reason.get_or_insert_with(|| reason.clone());
+            }
+        }
+    }
+    let published = done.len() - skipped;
+    claim.finish(done).await.map_err(|err| {
+        format!("recording a delivered batch failed, it will be delivered again: {err}")
+    })?;
+    tracing::debug!(published, skipped, "batch settled");
+    if skipped > 0 {
+        tracing::info!(skipped, "skipped reminders whose game has already started");
+    }
+    failures.into_result()
+}
+
+#[derive(Default)]
+struct FailureSummary {
+    nacked: usize,
+    returned: usize,
+    unknown: usize,
+    reason: Option<String>,
+}
+
+impl FailureSummary {
+    fn into_result(self) -> Result<(), String> {
+        let mut parts = Vec::new();
+        if self.returned > 0 {
+            parts.push(format!(
+                "{} returned as unroutable (no queue is bound to the exchange for the routing key)",
+                self.returned
+            ));
+        }
+        if self.nacked > 0 {
+            parts.push(format!("{} refused by the broker", self.nacked));
+        }
+        if self.unknown > 0 {
+            parts.push(format!(
+                "{} unconfirmed ({})",
+                self.unknown,
+                self.reason.unwrap_or_default()
+            ));
+        }
+        if parts.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{}; they stay pending and will be retried",
+                parts.join(", ")
+            ))
+        }
+    }
+}

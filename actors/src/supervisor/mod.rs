@@ -1,0 +1,413 @@
+//! The DaemonSupervisor starts the three actors of the delivery daemon, links
+//! them to itself and restarts any that fails, with fresh state, after a
+//! capped exponential backoff with jitter.
+//!
+//! ```text
+//!                    DaemonSupervisor
+//!          ┌────────────────┼─────────────────┐
+//!   PublisherActor    SchedulerActor    ListenerActor
+//!   (RabbitMQ,        (next deadline,   (LISTEN connection,
+//!    confirms)         timer, rounds)    pings)
+//!          ▲ Publish         ▲ Changed / Resync │
+//!          └──── rounds ─────┴──────────────────┘
+//! ```
+//!
+//! Order of start: publisher, scheduler, listener, so the first round can
+//! publish and the listener's resync reaches a running scheduler. A restarted
+//! publisher is followed by a resync of the scheduler, which stops delivering
+//! while no publisher runs. Outages are retried forever; one log line is written
+//! per change of a child's state, not per attempt. An [`Unrecoverable`] error
+//! (a configuration mismatch) stops the daemon instead.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::{
+    Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, SupervisionEvent,
+};
+use tokio::sync::watch;
+
+use crate::backoff::Backoff;
+use crate::flow::FlowControl;
+use crate::listener::{ListenerActor, ListenerArgs, ListenerMessage};
+use crate::peers::Peers;
+use crate::ports::{BrokerConnector, ChangeFeedConnector, ScheduleStore, Unrecoverable};
+use crate::publisher::{PublisherActor, PublisherArgs};
+use crate::readiness::{Component, Readiness};
+use crate::scheduler::{SchedulerActor, SchedulerArgs, SchedulerMessage, SchedulerSettings};
+
+/// A child of the supervisor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Child {
+    Publisher,
+    Scheduler,
+    Listener,
+}
+
+impl Child {
+    const ALL: [Child; 3] = [Child::Publisher, Child::Scheduler, Child::Listener];
+
+    /// Name used in logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Child::Publisher => "publisher",
+            Child::Scheduler => "scheduler",
+            Child::Listener => "listener",
+        }
+    }
+
+    fn component(self) -> Option<Component> {
+        match self {
+            Child::Publisher => Some(Component::Broker),
+            Child::Listener => Some(Component::ChangeFeed),
+            Child::Scheduler => None,
+        }
+    }
+}
+
+/// Messages of the [`DaemonSupervisor`].
+#[derive(Debug)]
+pub enum SupervisorMessage {
+    /// From itself, after a backoff: start (or restart) a child.
+    Start(Child),
+    /// From the daemon on SIGTERM/SIGINT: let claimed batches settle within
+    /// `grace`, stop every child, then reply.
+    Shutdown {
+        grace: Duration,
+        reply: RpcReplyPort<()>,
+    },
+}
+
+/// Restart policy and timings of the daemon's actors.
+#[derive(Debug, Clone)]
+pub struct SupervisorSettings {
+    /// First and longest delay between restarts of a failing child.
+    pub restart_backoff: (Duration, Duration),
+    /// A child that ran this long before failing restarts after the first delay again.
+    pub stable_after: Duration,
+    pub listener_ping_interval: Duration,
+    pub confirm_timeout: Duration,
+    pub scheduler: SchedulerSettings,
+}
+
+/// Start-up arguments of the [`DaemonSupervisor`].
+pub struct SupervisorArgs<S, B, F> {
+    pub store: S,
+    pub broker: Arc<B>,
+    pub change_feed: Arc<F>,
+    pub settings: SupervisorSettings,
+    pub readiness: Readiness,
+    /// Receives the reason if the daemon must stop for good.
+    pub fatal: watch::Sender<Option<String>>,
+    /// Observes restarts (e.g. for metrics): called with the child's name.
+    pub on_restart: Option<Arc<dyn Fn(&'static str) + Send + Sync>>,
+}
+
+struct ChildState {
+    cell: Option<ActorCell>,
+    backoff: Backoff,
+    started_at: Option<Instant>,
+    /// The last failure, so repeated identical failures log once.
+    failing: Option<String>,
+}
+
+/// State of the running [`DaemonSupervisor`].
+pub struct SupervisorState<S, B, F> {
+    args: SupervisorArgs<S, B, F>,
+    peers: Peers,
+    flow: FlowControl,
+    children: [ChildState; 3],
+    shutting_down: bool,
+}
+
+/// See the module documentation.
+pub struct DaemonSupervisor<S, B, F>(PhantomData<Ports<S, B, F>>);
+
+/// The port implementations a supervisor is built for (only a type marker).
+type Ports<S, B, F> = fn() -> (S, B, F);
+
+impl<S, B, F> Default for DaemonSupervisor<S, B, F> {
+    fn default() -> Self {
+        Self(PhantomData)
+    }
+}
+
+fn index(child: Child) -> usize {
+    match child {
+        Child::Publisher => 0,
+        Child::Scheduler => 1,
+        Child::Listener => 2,
+    }
+}
+
+impl<S, B, F> SupervisorState<S, B, F>
+where
+    S: ScheduleStore,
+    B: BrokerConnector,
+    F: ChangeFeedConnector,
+{
+    async fn spawn(&self, child: Child, supervisor: ActorCell) -> Result<ActorCell, SpawnErr> {
+        let settings = &self.args.settings;
+        match child {
+            Child::Publisher => {
+                let args = PublisherArgs {
+                    connector: Arc::clone(&self.args.broker),
+                    confirm_timeout: settings.confirm_timeout,
+                    flow: self.flow.clone(),
+                };
+                let (actor, _) =
+                    Actor::spawn_linked(None, PublisherActor::<B>::default(), args, supervisor)
+                        .await?;
+                self.peers.publisher.set(Some(actor.clone()));
+                Ok(actor.get_cell())
+            }
+            Child::Scheduler => {
+                let args = SchedulerArgs {
+                    store: self.args.store.clone(),
+                    settings: settings.scheduler.clone(),
+                    peers: self.peers.clone(),
+                    flow: self.flow.clone(),
+                    readiness: self.args.readiness.clone(),
+                };
+                let (actor, _) =
+                    Actor::spawn_linked(None, SchedulerActor::<S>::default(), args, supervisor)
+                        .await?;
+                self.peers.scheduler.set(Some(actor.clone()));
+                Ok(actor.get_cell())
+            }
+            Child::Listener => {
+                let args = ListenerArgs {
+                    connector: Arc::clone(&self.args.change_feed),
+                    ping_interval: settings.listener_ping_interval,
+                    peers: self.peers.clone(),
+                };
+                let (actor, _): (ActorRef<ListenerMessage>, _) =
+                    Actor::spawn_linked(None, ListenerActor::<F>::default(), args, supervisor)
+                        .await?;
+                Ok(actor.get_cell())
+            }
+        }
+    }
+
+    fn forget(&mut self, child: Child) {
+        self.children[index(child)].cell = None;
+        match child {
+            Child::Publisher => {
+                self.peers.publisher.set(None);
+                // A new connection starts unblocked; do not keep rounds waiting.
+                self.flow.set_blocked(false);
+            }
+            Child::Scheduler => self.peers.scheduler.set(None),
+            Child::Listener => {}
+        }
+    }
+
+    /// Records a failure (at start or while running) and schedules a restart,
+    /// or stops the daemon if the failure cannot be fixed by retrying.
+    fn failed(
+        &mut self,
+        myself: &ActorRef<SupervisorMessage>,
+        child: Child,
+        reason: String,
+        unrecoverable: bool,
+    ) {
+        self.forget(child);
+        if self.shutting_down {
+            return;
+        }
+        if unrecoverable {
+            tracing::error!(
+                actor = child.name(),
+                error = reason.as_str(),
+                "unrecoverable failure; stopping"
+            );
+            self.args.fatal.send_replace(Some(reason));
+            return;
+        }
+        if let Some(component) = child.component() {
+            self.args
+                .readiness
+                .set(component, false, Some(reason.clone()));
+        }
+        let state = &mut self.children[index(child)];
+        if state
+            .started_at
+            .is_some_and(|started| started.elapsed() >= self.args.settings.stable_after)
+        {
+            // It ran long enough: this is a new episode, not the same outage.
+            state.backoff.reset();
+            state.failing = None;
+        }
+        state.started_at = None;
+        let delay = state.backoff.next_delay();
+        if state.failing.as_deref() == Some(reason.as_str()) {
+            tracing::debug!(
+                actor = child.name(),
+                error = reason.as_str(),
+                ?delay,
+                "still failing; restarting"
+            );
+        } else {
+            tracing::warn!(
+                actor = child.name(),
+                error = reason.as_str(),
+                ?delay,
+                "actor failed; restarting after backoff"
+            );
+            state.failing = Some(reason);
+        }
+        if let Some(on_restart) = &self.args.on_restart {
+            on_restart(child.name());
+        }
+        myself.send_after(delay, move || SupervisorMessage::Start(child));
+    }
+
+    async fn start(&mut self, myself: &ActorRef<SupervisorMessage>, child: Child) {
+        if self.shutting_down || self.children[index(child)].cell.is_some() {
+            return;
+        }
+        match self.spawn(child, myself.get_cell()).await {
+            Ok(cell) => {
+                let state = &mut self.children[index(child)];
+                state.cell = Some(cell);
+                state.started_at = Some(Instant::now());
+                // Only a connection proves recovery; a started scheduler has
+                // done nothing yet (its first round reports the database).
+                if let Some(component) = child.component() {
+                    self.args.readiness.set(component, true, None);
+                    if state.failing.take().is_some() {
+                        tracing::info!(actor = child.name(), "actor recovered");
+                    }
+                }
+                if child == Child::Publisher {
+                    self.peers.scheduler.send(SchedulerMessage::Resync);
+                }
+            }
+            Err(SpawnErr::StartupFailed(err)) => {
+                let unrecoverable = err.downcast_ref::<Unrecoverable>().is_some();
+                self.failed(myself, child, err.to_string(), unrecoverable);
+            }
+            Err(err) => self.failed(myself, child, err.to_string(), false),
+        }
+    }
+
+    fn child_of(&self, cell: &ActorCell) -> Option<Child> {
+        Child::ALL.into_iter().find(|child| {
+            self.children[index(*child)]
+                .cell
+                .as_ref()
+                .is_some_and(|known| known.get_id() == cell.get_id())
+        })
+    }
+
+    async fn shutdown(&mut self, grace: Duration) {
+        self.shutting_down = true;
+        let deadline = tokio::time::Instant::now() + grace;
+        if let Some(scheduler) = self.peers.scheduler.get() {
+            let drained = scheduler.call(SchedulerMessage::Drain, Some(grace)).await;
+            if !matches!(drained, Ok(ractor::rpc::CallResult::Success(()))) {
+                tracing::warn!(
+                    ?grace,
+                    "claimed batches did not settle within the grace period; they will be delivered again"
+                );
+            }
+        }
+        for child in [Child::Listener, Child::Scheduler, Child::Publisher] {
+            if let Some(cell) = self.children[index(child)].cell.take() {
+                let left = deadline
+                    .saturating_duration_since(tokio::time::Instant::now())
+                    .max(Duration::from_secs(1));
+                if cell
+                    .stop_and_wait(Some("shutdown".to_owned()), Some(left))
+                    .await
+                    .is_err()
+                {
+                    cell.kill();
+                }
+            }
+            self.forget(child);
+        }
+    }
+}
+
+impl<S, B, F> Actor for DaemonSupervisor<S, B, F>
+where
+    S: ScheduleStore,
+    B: BrokerConnector,
+    F: ChangeFeedConnector,
+{
+    type Msg = SupervisorMessage;
+    type State = SupervisorState<S, B, F>;
+    type Arguments = SupervisorArgs<S, B, F>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<SupervisorMessage>,
+        args: SupervisorArgs<S, B, F>,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let (min, max) = args.settings.restart_backoff;
+        let child = || ChildState {
+            cell: None,
+            backoff: Backoff::new(min, max),
+            started_at: None,
+            failing: None,
+        };
+        Ok(SupervisorState {
+            args,
+            peers: Peers::default(),
+            flow: FlowControl::default(),
+            children: [child(), child(), child()],
+            shutting_down: false,
+        })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<SupervisorMessage>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        for child in Child::ALL {
+            state.start(&myself, child).await;
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SupervisorMessage>,
+        message: SupervisorMessage,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            SupervisorMessage::Start(child) => state.start(&myself, child).await,
+            SupervisorMessage::Shutdown { grace, reply } => {
+                state.shutdown(grace).await;
+                let _ = reply.send(());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<SupervisorMessage>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, reason, unrecoverable) = match event {
+            SupervisionEvent::ActorFailed(cell, err) => {
+                let unrecoverable = err.downcast_ref::<Unrecoverable>().is_some();
+                (cell, err.to_string(), unrecoverable)
+            }
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, reason.unwrap_or_else(|| "stopped".to_owned()), false)
+            }
+            _ => return Ok(()),
+        };
+        if let Some(child) = state.child_of(&cell) {
+            state.failed(&myself, child, reason, unrecoverable);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,373 @@
+//! In-memory fakes of the ports, on tokio's clock so tests can pause time.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::model::{Disposition, DueReminder, NextDue, PublishOutcome};
+use crate::ports::{
+    BrokerConnector, BrokerEvent, BrokerSession, Claim, PendingConfirms, PortError, ScheduleStore,
+};
+
+/// A row of the fake schedule.
+#[derive(Debug, Clone)]
+pub struct FakeRow {
+    pub id: Uuid,
+    pub at: DateTime<Utc>,
+    pub game_starts: Option<DateTime<Utc>>,
+    pub done: Option<Disposition>,
+    pub locked: bool,
+}
+
+#[derive(Default)]
+struct StoreInner {
+    rows: Vec<FakeRow>,
+    next_due_queries: usize,
+    claims: usize,
+    failing: Option<String>,
+}
+
+/// A schedule table whose clock is tokio's (pausable) clock.
+#[derive(Clone)]
+pub struct FakeStore {
+    inner: Arc<Mutex<StoreInner>>,
+    epoch: (Instant, DateTime<Utc>),
+    stale_grace: Duration,
+}
+
+impl Default for FakeStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FakeStore {
+    pub fn new() -> Self {
+        Self {
+            inner: Arc::default(),
+            epoch: (Instant::now(), "2030-01-01T00:00:00Z".parse().unwrap()),
+            stale_grace: Duration::from_secs(60),
+        }
+    }
+
+    /// The database clock.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.epoch.1 + chrono::Duration::from_std(self.epoch.0.elapsed()).unwrap()
+    }
+
+    /// Adds a reminder due `after` from now; returns its id.
+    pub fn insert(&self, after: Duration) -> Uuid {
+        self.insert_row(after, None)
+    }
+
+    pub fn insert_row(&self, after: Duration, game_starts_after: Option<Duration>) -> Uuid {
+        let id = Uuid::new_v4();
+        let now = self.now();
+        let at = now + chrono::Duration::from_std(after).unwrap();
+        let game_starts = game_starts_after.map(|d| now + chrono::Duration::from_std(d).unwrap());
+        self.lock().rows.push(FakeRow {
+            id,
+            at,
+            game_starts,
+            done: None,
+            locked: false,
+        });
+        id
+    }
+
+    /// Adds a reminder that became due `ago`, for a game that started `game_started_ago`.
+    pub fn insert_overdue(&self, ago: Duration, game_started_ago: Option<Duration>) -> Uuid {
+        let id = Uuid::new_v4();
+        let now = self.now();
+        let at = now - chrono::Duration::from_std(ago).unwrap();
+        let game_starts = game_started_ago.map(|d| now - chrono::Duration::from_std(d).unwrap());
+        self.lock().rows.push(FakeRow {
+            id,
+            at,
+            game_starts,
+            done: None,
+            locked: false,
+        });
+        id
+    }
+
+    pub fn remove(&self, id: Uuid) {
+        self.lock().rows.retain(|row| row.id != id);
+    }
+
+    pub fn set_locked(&self, id: Uuid, locked: bool) {
+        self.with_row(id, |row| row.locked = locked);
+    }
+
+    pub fn row(&self, id: Uuid) -> FakeRow {
+        self.lock()
+            .rows
+            .iter()
+            .find(|row| row.id == id)
+            .cloned()
+            .expect("row exists")
+    }
+
+    pub fn pending(&self) -> usize {
+        self.lock()
+            .rows
+            .iter()
+            .filter(|row| row.done.is_none())
+            .count()
+    }
+
+    pub fn next_due_queries(&self) -> usize {
+        self.lock().next_due_queries
+    }
+
+    pub fn claims(&self) -> usize {
+        self.lock().claims
+    }
+
+    /// Makes every query fail with `reason` (or succeed again with `None`).
+    pub fn fail_with(&self, reason: Option<&str>) {
+        self.lock().failing = reason.map(str::to_owned);
+    }
+
+    fn with_row(&self, id: Uuid, change: impl FnOnce(&mut FakeRow)) {
+        if let Some(row) = self.lock().rows.iter_mut().find(|row| row.id == id) {
+            change(row);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, StoreInner> {
+        self.inner.lock().unwrap()
+    }
+
+    fn check(&self) -> Result<(), PortError> {
+        match &self.lock().failing {
+            Some(reason) => Err(reason.clone().into()),
+            None => Ok(()),
+        }
+    }
+}
+
+impl ScheduleStore for FakeStore {
+    type Claim = FakeClaim;
+
+    async fn claim_due(&self, limit: usize) -> Result<FakeClaim, PortError> {
+        self.check()?;
+        let now = self.now();
+        let grace = chrono::Duration::from_std(self.stale_grace).unwrap();
+        let mut inner = self.lock();
+        inner.claims += 1;
+        let mut due: Vec<&mut FakeRow> = inner
+            .rows
+            .iter_mut()
+            .filter(|row| row.done.is_none() && !row.locked && row.at <= now)
+            .collect();
+        due.sort_by_key(|row| row.at);
+        let reminders = due
+            .into_iter()
+            .take(limit)
+            .map(|row| {
+                row.locked = true;
+                let stale = row
+                    .game_starts
+                    .is_some_and(|starts| now > starts && now > row.at + grace);
+                DueReminder {
+                    id: row.id,
+                    game_id: "game".to_owned(),
+                    reminder_minutes: 0,
+                    notification_time: row.at,
+                    stale,
+                    expires_in: row.game_starts.map(|starts| {
+                        (starts.max(row.at + grace) - now)
+                            .to_std()
+                            .unwrap_or_default()
+                    }),
+                    lateness: (now - row.at).to_std().unwrap_or_default(),
+                    traceparent: None,
+                }
+            })
+            .collect();
+        Ok(FakeClaim {
+            store: self.clone(),
+            reminders,
+            finished: false,
+        })
+    }
+
+    async fn next_due(&self, in_flight: &[Uuid]) -> Result<Option<NextDue>, PortError> {
+        self.check()?;
+        let now = self.now();
+        let mut inner = self.lock();
+        inner.next_due_queries += 1;
+        Ok(inner
+            .rows
+            .iter()
+            .filter(|row| row.done.is_none() && !in_flight.contains(&row.id))
+            .map(|row| row.at)
+            .min()
+            .map(|at| NextDue {
+                at,
+                delay: (at - now).to_std().unwrap_or_default(),
+            }))
+    }
+}
+
+/// A claim on fake rows; dropping it unlocks them.
+pub struct FakeClaim {
+    store: FakeStore,
+    reminders: Vec<DueReminder>,
+    finished: bool,
+}
+
+impl Claim for FakeClaim {
+    fn reminders(&self) -> &[DueReminder] {
+        &self.reminders
+    }
+
+    async fn finish(mut self, done: Vec<(Uuid, Disposition)>) -> Result<(), PortError> {
+        self.store.check()?;
+        for (id, disposition) in done {
+            self.store.with_row(id, |row| row.done = Some(disposition));
+        }
+        self.release();
+        self.finished = true;
+        Ok(())
+    }
+}
+
+impl FakeClaim {
+    fn release(&self) {
+        for reminder in &self.reminders {
+            self.store.with_row(reminder.id, |row| row.locked = false);
+        }
+    }
+}
+
+impl Drop for FakeClaim {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.release();
+        }
+    }
+}
+
+/// A published message as the fake broker saw it.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub id: Uuid,
+    pub at: DateTime<Utc>,
+    pub stale: bool,
+}
+
+#[derive(Default)]
+struct BrokerInner {
+    published: Vec<Published>,
+    /// Outcomes for the next messages, consumed in order; confirmed by default.
+    scripted: VecDeque<PublishOutcome>,
+    connect_failures: VecDeque<PortError>,
+    connects: usize,
+    batch_sizes: Vec<usize>,
+    events: Option<mpsc::UnboundedSender<BrokerEvent>>,
+    confirm_delay: Duration,
+}
+
+/// A broker that records every message with the fake store's clock.
+#[derive(Clone)]
+pub struct FakeBroker {
+    inner: Arc<Mutex<BrokerInner>>,
+    store: FakeStore,
+}
+
+impl FakeBroker {
+    pub fn new(store: &FakeStore) -> Self {
+        Self {
+            inner: Arc::default(),
+            store: store.clone(),
+        }
+    }
+
+    pub fn published(&self) -> Vec<Published> {
+        self.lock().published.clone()
+    }
+
+    pub fn batch_sizes(&self) -> Vec<usize> {
+        self.lock().batch_sizes.clone()
+    }
+
+    pub fn connects(&self) -> usize {
+        self.lock().connects
+    }
+
+    pub fn script(&self, outcomes: impl IntoIterator<Item = PublishOutcome>) {
+        self.lock().scripted.extend(outcomes);
+    }
+
+    pub fn fail_next_connects(&self, errors: impl IntoIterator<Item = PortError>) {
+        self.lock().connect_failures.extend(errors);
+    }
+
+    pub fn set_confirm_delay(&self, delay: Duration) {
+        self.lock().confirm_delay = delay;
+    }
+
+    /// Sends an event on the current session's event channel.
+    pub fn emit(&self, event: BrokerEvent) {
+        if let Some(events) = &self.lock().events {
+            let _ = events.send(event);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BrokerInner> {
+        self.inner.lock().unwrap()
+    }
+}
+
+impl BrokerConnector for FakeBroker {
+    type Session = FakeBroker;
+
+    async fn connect(
+        &self,
+    ) -> Result<(FakeBroker, mpsc::UnboundedReceiver<BrokerEvent>), PortError> {
+        let mut inner = self.lock();
+        inner.connects += 1;
+        if let Some(err) = inner.connect_failures.pop_front() {
+            return Err(err);
+        }
+        let (sender, receiver) = mpsc::unbounded_channel();
+        inner.events = Some(sender);
+        Ok((self.clone(), receiver))
+    }
+}
+
+impl BrokerSession for FakeBroker {
+    fn publish(&self, reminders: Vec<DueReminder>) -> PendingConfirms {
+        let now = self.store.now();
+        let mut inner = self.lock();
+        inner.batch_sizes.push(reminders.len());
+        let outcomes: Vec<PublishOutcome> = reminders
+            .iter()
+            .map(|reminder| {
+                inner.published.push(Published {
+                    id: reminder.id,
+                    at: now,
+                    stale: reminder.stale,
+                });
+                inner
+                    .scripted
+                    .pop_front()
+                    .unwrap_or(PublishOutcome::Confirmed)
+            })
+            .collect();
+        let delay = inner.confirm_delay;
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            outcomes
+        })
+    }
+
+    async fn close(&self) {}
+}

@@ -1,0 +1,154 @@
+//! The wire contract with consumers: the JSON body and AMQP properties of a
+//! reminder message. Pinned by a golden test; change only compatibly.
+
+use actors::model::DueReminder;
+use chrono::{DateTime, SecondsFormat, Utc};
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use serde::Serialize;
+
+/// `event_type` of reminder messages.
+pub const EVENT_TYPE: &str = "game.reminder_due";
+
+/// The message body, exactly the shape the original daemon sent.
+#[derive(Debug, Serialize)]
+pub struct Envelope<'a> {
+    pub event_type: &'static str,
+    /// Publication time, UTC, ISO 8601 with an explicit `+00:00` offset (what
+    /// Python's `datetime.isoformat()` produces and every version parses).
+    pub timestamp: String,
+    pub data: ReminderData<'a>,
+    /// Trace id of the request that scheduled the reminder, when known.
+    pub trace_id: Option<&'a str>,
+}
+
+/// The reminder itself.
+#[derive(Debug, Serialize)]
+pub struct ReminderData<'a> {
+    pub game_id: &'a str,
+    pub reminder_minutes: i32,
+}
+
+/// The trace id (second field) of a W3C `traceparent`, if well formed.
+pub fn trace_id(traceparent: &str) -> Option<&str> {
+    let mut fields = traceparent.split('-');
+    let (_version, trace_id) = (fields.next()?, fields.next()?);
+    (trace_id.len() == 32 && trace_id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(trace_id)
+}
+
+/// Body and properties of the message for `reminder`, published at `now`.
+pub fn encode(reminder: &DueReminder, now: DateTime<Utc>) -> (Vec<u8>, BasicProperties) {
+    let traceparent = reminder.traceparent.as_deref();
+    let envelope = Envelope {
+        event_type: EVENT_TYPE,
+        timestamp: now.to_rfc3339_opts(SecondsFormat::Micros, false),
+        data: ReminderData {
+            game_id: &reminder.game_id,
+            reminder_minutes: reminder.reminder_minutes,
+        },
+        trace_id: traceparent.and_then(trace_id),
+    };
+    let body = serde_json::to_vec(&envelope).expect("the envelope always serialises");
+    let mut properties = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type(ShortString::from("application/json"))
+        .with_message_id(ShortString::from(reminder.id.to_string()))
+        .with_timestamp(u64::try_from(now.timestamp()).unwrap_or(0));
+    if let Some(expires_in) = reminder.expires_in {
+        properties =
+            properties.with_expiration(ShortString::from(expires_in.as_millis().to_string()));
+    }
+    if let Some(traceparent) = traceparent {
+        let mut headers = FieldTable::default();
+        // RabbitMQ rejects short-string header values; long strings are what it
+        // sends back to consumers too.
+        headers.insert(
+            ShortString::from("traceparent"),
+            AMQPValue::LongString(LongString::from(traceparent)),
+        );
+        properties = properties.with_headers(headers);
+    }
+    (body, properties)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn reminder() -> DueReminder {
+        DueReminder {
+            id: "5f0c6d1e-8a4b-4c1d-9e2f-3a4b5c6d7e8f".parse().unwrap(),
+            game_id: "0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f9".to_owned(),
+            reminder_minutes: 15,
+            notification_time: "2026-11-29T18:45:00Z".parse().unwrap(),
+            stale: false,
+            expires_in: Some(Duration::from_millis(899_250)),
+            lateness: Duration::from_millis(1),
+            traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned()),
+        }
+    }
+
+    #[test]
+    fn body_matches_the_wire_contract() {
+        let now: DateTime<Utc> = "2026-11-29T18:45:00.000750Z".parse().unwrap();
+        let (body, _) = encode(&reminder(), now);
+        assert_eq!(
+            String::from_utf8(body).unwrap(),
+            r#"{"event_type":"game.reminder_due","timestamp":"2026-11-29T18:45:00.000750+00:00","data":{"game_id":"0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f9","reminder_minutes":15},"trace_id":"4bf92f3577b34da6a3ce929d0e0e4736"}"#
+        );
+    }
+
+    #[test]
+    fn properties_carry_identity_expiry_and_trace_context() {
+        let now: DateTime<Utc> = "2026-11-29T18:45:00Z".parse().unwrap();
+        let (_, properties) = encode(&reminder(), now);
+        assert_eq!(properties.delivery_mode(), &Some(2));
+        assert_eq!(
+            properties.content_type().as_ref().map(ShortString::as_str),
+            Some("application/json")
+        );
+        assert_eq!(
+            properties.message_id().as_ref().map(ShortString::as_str),
+            Some("5f0c6d1e-8a4b-4c1d-9e2f-3a4b5c6d7e8f")
+        );
+        assert_eq!(properties.timestamp(), &Some(1_795_977_900));
+        assert_eq!(
+            properties.expiration().as_ref().map(ShortString::as_str),
+            Some("899250")
+        );
+        let traceparent = properties
+            .headers()
+            .as_ref()
+            .and_then(|headers| headers.inner().get("traceparent"))
+            .and_then(AMQPValue::as_long_string)
+            .map(ToString::to_string);
+        assert_eq!(
+            traceparent.as_deref(),
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        );
+    }
+
+    #[test]
+    fn legacy_rows_have_no_expiry_trace_or_headers() {
+        let legacy = DueReminder {
+            expires_in: None,
+            traceparent: None,
+            game_id: "legacy-string-id".to_owned(),
+            ..reminder()
+        };
+        let (body, properties) = encode(&legacy, Utc::now());
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["trace_id"], serde_json::Value::Null);
+        assert_eq!(json["data"]["game_id"], "legacy-string-id");
+        assert_eq!(properties.expiration(), &None);
+        assert_eq!(properties.headers(), &None);
+    }
+
+    #[test]
+    fn malformed_traceparents_give_no_trace_id() {
+        assert_eq!(trace_id("00-xyz-00f067aa0ba902b7-01"), None);
+        assert_eq!(trace_id("garbage"), None);
+    }
+}

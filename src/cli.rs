@@ -1,0 +1,211 @@
+//! The `notification-scheduler` command line: subcommands, start-up, exit codes.
+//!
+//! Exit status: 0 on success (including a clean shutdown on SIGTERM), 2 for
+//! invalid or missing configuration (one line naming the setting), 1 when the
+//! command itself fails (e.g. a server is unreachable).
+
+use std::process::ExitCode;
+
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{CommandFactory, Parser, Subcommand};
+
+use crate::config::{DaemonArgs, DatabaseArgs, LoggingArgs};
+use crate::{daemon, db, logging};
+
+/// Delivers reminders stored in PostgreSQL to RabbitMQ at their time, once.
+#[derive(Debug, Parser)]
+#[command(name = "notification-scheduler", version, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub logging: LoggingArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What to run.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply pending database migrations, then exit. Safe to run repeatedly and concurrently.
+    Migrate(MigrateArgs),
+    /// Deliver reminders: supervised actors that publish each reminder to
+    /// RabbitMQ at its time. Serves /healthz and /readyz.
+    Daemon(Box<DaemonArgs>),
+}
+
+/// Settings of `migrate`.
+#[derive(Debug, clap::Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+}
+
+/// Exit status for configuration errors, as with clap's own usage errors.
+const EXIT_CONFIG: u8 = 2;
+
+/// Parses the command line and environment, runs the command, returns the exit status.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err)
+            if matches!(
+                err.kind(),
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+            ) =>
+        {
+            let _ = err.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(err) => {
+            eprintln!("error: {}", describe_usage_error(&err));
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if let Err(err) = validate(&cli.command) {
+        eprintln!("error: {err}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    if let Err(message) = logging::init(&cli.logging) {
+        eprintln!("error: {message}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        // At least two workers even on a one-CPU container: exporters and the
+        // delivery path must not wait behind each other.
+        .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get().max(2)))
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(cli.command));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Checks settings that depend on each other, which clap cannot.
+fn validate(command: &Command) -> Result<(), crate::config::ConflictError> {
+    match command {
+        Command::Daemon(args) => args.validate(),
+        Command::Migrate(_) => Ok(()),
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Migrate(args) => migrate(args).await,
+        Command::Daemon(args) => daemon::run(*args).await,
+    }
+}
+
+async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    let url = &args.database.database_url;
+    let mut client = db::connect(url, args.database.database_connect_timeout).await?;
+    let report = db::migrate::run(&mut client).await?;
+    tracing::info!(
+        database = url.masked(),
+        applied = report.applied.len(),
+        already_applied = report.already_applied,
+        "database schema is up to date"
+    );
+    Ok(())
+}
+
+/// Renders a clap error as one line that names the setting by its environment
+/// variable and flag, quotes the value (parsers mask passwords) and says what
+/// is expected.
+fn describe_usage_error(err: &clap::Error) -> String {
+    let command = Cli::command();
+    let invalid_args: Vec<String> = match err.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(arg)) => vec![arg.clone()],
+        Some(ContextValue::Strings(args)) => args.clone(),
+        _ => Vec::new(),
+    };
+    let settings: Vec<String> = invalid_args
+        .iter()
+        .map(|arg| setting_name(&command, arg))
+        .collect();
+    match err.kind() {
+        ErrorKind::ValueValidation => {
+            let reason = std::error::Error::source(err)
+                .map_or_else(|| "invalid value".to_owned(), ToString::to_string);
+            format!("invalid {}: {reason}", settings.join(", "))
+        }
+        ErrorKind::InvalidValue => {
+            let value = match err.get(ContextKind::InvalidValue) {
+                Some(ContextValue::String(value)) => value.clone(),
+                _ => String::new(),
+            };
+            let expected = match err.get(ContextKind::ValidValue) {
+                Some(ContextValue::Strings(values)) => format!("one of {}", values.join(", ")),
+                _ => "a value".to_owned(),
+            };
+            format!(
+                "invalid {}: '{value}'; expected {expected}",
+                settings.join(", ")
+            )
+        }
+        ErrorKind::MissingRequiredArgument => {
+            let described: Vec<String> = invalid_args
+                .iter()
+                .map(|arg| {
+                    let help = find_arg(&command, arg)
+                        .and_then(|a| a.get_help().map(ToString::to_string))
+                        .unwrap_or_default();
+                    format!("{} ({help})", setting_name(&command, arg))
+                })
+                .collect();
+            format!("missing required setting {}", described.join("; "))
+        }
+        _ => err
+            .render()
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or("invalid command line")
+            .trim_start_matches("error: ")
+            .to_owned(),
+    }
+}
+
+/// Finds an argument anywhere in the command tree by its rendered form,
+/// e.g. `--database-url <URL>`.
+fn find_arg<'a>(command: &'a clap::Command, rendered: &str) -> Option<&'a clap::Arg> {
+    let flag = rendered.split_whitespace().next()?.trim_start_matches("--");
+    command
+        .get_arguments()
+        .find(|arg| arg.get_long() == Some(flag))
+        .or_else(|| {
+            command
+                .get_subcommands()
+                .find_map(|sub| find_arg(sub, rendered))
+        })
+}
+
+/// `DATABASE_URL (--database-url)`, or the flag alone for arguments without a variable.
+fn setting_name(command: &clap::Command, rendered: &str) -> String {
+    let flag = rendered.split_whitespace().next().unwrap_or(rendered);
+    match find_arg(command, rendered).and_then(|arg| arg.get_env()) {
+        Some(env) => format!("{} ({flag})", env.to_string_lossy()),
+        None => flag.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,223 @@
+//! Every setting of every subcommand: a flag and an environment variable each
+//! (the flag wins), with its default and the reason for that default.
+//!
+//! Parsing is clap's; the value parsers in [`parse`] produce messages that quote
+//! the bad value with passwords masked, and [`crate::cli`] turns clap's errors
+//! into one line that names the setting.
+
+pub mod parse;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+pub use parse::{BrokerUrl, DatabaseUrl};
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines, coloured on a terminal.
+    Text,
+    /// One JSON object per line, with trace and span ids, for log collectors.
+    Json,
+}
+
+/// The least severe level that is logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl LogLevel {
+    /// The level as a tracing filter directive.
+    pub fn as_directive(self) -> &'static str {
+        match self {
+            Self::Trace => "trace",
+            Self::Debug => "debug",
+            Self::Info => "info",
+            Self::Warn => "warn",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// Logging, shared by every subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct LoggingArgs {
+    /// Least severe level logged. RUST_LOG, when set, replaces it with full
+    /// tracing directives (e.g. `info,actors=debug`).
+    #[arg(
+        long,
+        env = "LOG_LEVEL",
+        value_enum,
+        default_value = "info",
+        global = true
+    )]
+    pub log_level: LogLevel,
+
+    /// Log line format: `text` for people, `json` for collectors.
+    #[arg(
+        long,
+        env = "LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: LogFormat,
+}
+
+/// The PostgreSQL database holding `game_sessions` and `notification_schedule`.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL URL, postgresql://user:password@host:port/database.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
+    pub database_url: DatabaseUrl,
+
+    /// How long to wait for a PostgreSQL connection before reporting the host unreachable.
+    // Long enough for a loaded server on another host, short enough that a
+    // wrong address is reported before an operator gives up waiting.
+    #[arg(long, env = "DATABASE_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse::positive_duration)]
+    pub database_connect_timeout: Duration,
+}
+
+/// The RabbitMQ broker and the names reminders are published under.
+#[derive(Debug, Clone, Args)]
+pub struct BrokerArgs {
+    /// RabbitMQ URL, amqp://user:password@host:port/vhost (amqps:// for TLS).
+    #[arg(long, env = "RABBITMQ_URL", hide_env_values = true, value_name = "URL")]
+    pub rabbitmq_url: BrokerUrl,
+
+    /// Topic exchange reminders are published to; declared durable if missing.
+    #[arg(long, env = "RABBITMQ_EXCHANGE", default_value = "game_scheduler", value_parser = parse::amqp_name)]
+    pub rabbitmq_exchange: String,
+
+    /// Routing key of reminder messages.
+    #[arg(long, env = "RABBITMQ_ROUTING_KEY", default_value = "game.reminder_due", value_parser = parse::amqp_name)]
+    pub rabbitmq_routing_key: String,
+
+    /// AMQP heartbeat, unless the URL sets `?heartbeat=`. A dead broker
+    /// connection is noticed after about two heartbeats.
+    #[arg(long, env = "RABBITMQ_HEARTBEAT", default_value = "10s", value_parser = parse::positive_duration)]
+    pub rabbitmq_heartbeat: Duration,
+
+    /// How long to wait for the broker to accept a connection.
+    #[arg(long, env = "RABBITMQ_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse::positive_duration)]
+    pub rabbitmq_connect_timeout: Duration,
+
+    /// How long the broker may take to confirm a batch before its outcome is
+    /// treated as unknown and the batch is delivered again. Time spent blocked
+    /// by broker flow control does not count.
+    #[arg(long, env = "RABBITMQ_CONFIRM_TIMEOUT", default_value = "10s", value_parser = parse::positive_duration)]
+    pub rabbitmq_confirm_timeout: Duration,
+}
+
+/// Settings of `daemon`.
+#[derive(Debug, Clone, Args)]
+pub struct DaemonArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+
+    /// Apply pending migrations at start (for single-container deployments)
+    /// instead of requiring `notification-scheduler migrate` first.
+    #[arg(long, env = "MIGRATE_ON_START", default_value_t = false, value_parser = parse::boolean, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub migrate: bool,
+
+    /// Address of the health endpoints /healthz and /readyz.
+    #[arg(long, env = "HEALTH_ADDR", default_value = "0.0.0.0:8080", value_parser = parse::listen_address)]
+    pub health_addr: SocketAddr,
+
+    /// Reminders claimed and published per batch. Larger batches drain a
+    /// backlog faster; a batch is also what may be sent twice after a crash.
+    #[arg(long, env = "DELIVERY_BATCH_SIZE", default_value = "500", value_parser = parse::bounded_integer(1, 10_000))]
+    pub batch_size: u64,
+
+    /// Batches that may wait for broker confirms at once (each holds one
+    /// database connection), so claiming overlaps confirming.
+    #[arg(long, env = "DELIVERY_MAX_IN_FLIGHT_BATCHES", default_value = "4", value_parser = parse::bounded_integer(1, 64))]
+    pub max_in_flight_batches: u64,
+
+    /// Longest time a claimed batch may hold its rows. PostgreSQL ends a claim
+    /// idle for longer (a hung or paused replica), releasing the rows to others.
+    /// Must exceed RABBITMQ_CONFIRM_TIMEOUT.
+    #[arg(long, env = "CLAIM_TIMEOUT", default_value = "30s", value_parser = parse::positive_duration)]
+    pub claim_timeout: Duration,
+
+    /// A reminder whose game has started is still published when it is at most
+    /// this late (so a reminder due at the start goes out); later ones are skipped.
+    #[arg(long, env = "STALE_GRACE", default_value = "60s", value_parser = parse::duration)]
+    pub stale_grace: Duration,
+
+    /// Period of the full re-read of the schedule that catches changes whose
+    /// notification was lost.
+    #[arg(long, env = "SAFETY_CHECK_INTERVAL", default_value = "5m", value_parser = parse::positive_duration)]
+    pub safety_check_interval: Duration,
+
+    /// Longest single timer sleep; after it the next deadline is re-read, so a
+    /// step of the wall clock (NTP, VM pause) is corrected.
+    #[arg(long, env = "MAX_TIMER_SLEEP", default_value = "60s", value_parser = parse::positive_duration)]
+    pub max_timer_sleep: Duration,
+
+    /// Period of the liveness ping on the LISTEN connection; a dead connection
+    /// is detected within about this plus DATABASE_QUERY_TIMEOUT.
+    #[arg(long, env = "LISTENER_PING_INTERVAL", default_value = "15s", value_parser = parse::positive_duration)]
+    pub listener_ping_interval: Duration,
+
+    /// Bound on every database statement of the daemon.
+    #[arg(long, env = "DATABASE_QUERY_TIMEOUT", default_value = "10s", value_parser = parse::positive_duration)]
+    pub query_timeout: Duration,
+
+    /// First delay before restarting a failed actor; doubles per failure.
+    #[arg(long, env = "RESTART_BACKOFF_MIN", default_value = "100ms", value_parser = parse::positive_duration)]
+    pub restart_backoff_min: Duration,
+
+    /// Longest delay between restarts of a failing actor (outages are retried forever).
+    #[arg(long, env = "RESTART_BACKOFF_MAX", default_value = "10s", value_parser = parse::positive_duration)]
+    pub restart_backoff_max: Duration,
+
+    /// On SIGTERM, how long claimed batches may take to settle before the
+    /// connections are closed (they are delivered again after a restart).
+    /// Keep it below the orchestrator's kill timeout.
+    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "10s", value_parser = parse::positive_duration)]
+    pub shutdown_grace: Duration,
+}
+
+/// A setting that conflicts with another.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {setting}: {reason}")]
+pub struct ConflictError {
+    pub setting: &'static str,
+    pub reason: String,
+}
+
+impl DaemonArgs {
+    /// Checks settings that depend on each other.
+    pub fn validate(&self) -> Result<(), ConflictError> {
+        if self.claim_timeout <= self.broker.rabbitmq_confirm_timeout {
+            return Err(ConflictError {
+                setting: "CLAIM_TIMEOUT (--claim-timeout)",
+                reason: format!(
+                    "{:?} must exceed RABBITMQ_CONFIRM_TIMEOUT ({:?}), or a batch awaiting confirms could lose its claim",
+                    self.claim_timeout, self.broker.rabbitmq_confirm_timeout
+                ),
+            });
+        }
+        if self.restart_backoff_max < self.restart_backoff_min {
+            return Err(ConflictError {
+                setting: "RESTART_BACKOFF_MAX (--restart-backoff-max)",
+                reason: format!(
+                    "{:?} is below RESTART_BACKOFF_MIN ({:?})",
+                    self.restart_backoff_max, self.restart_backoff_min
+                ),
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,352 @@
+//! Value parsers for settings. Each returns a message that quotes the offending
+//! value (with any password masked) and says what is expected; the CLI layer
+//! prefixes it with the setting's name.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A PostgreSQL connection string, kept parsed and with a printable form that
+/// never reveals the password.
+#[derive(Clone)]
+pub struct DatabaseUrl {
+    config: std::sync::Arc<tokio_postgres::Config>,
+    masked: String,
+}
+
+impl DatabaseUrl {
+    /// The parsed connection settings.
+    pub fn config(&self) -> &tokio_postgres::Config {
+        &self.config
+    }
+
+    /// The URL as given, with the password replaced by `****`.
+    pub fn masked(&self) -> &str {
+        &self.masked
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.masked)
+    }
+}
+
+impl FromStr for DatabaseUrl {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        const EXPECTED: &str = "expected postgresql://user:password@host:port/database";
+        let masked = mask_password(raw);
+        let scheme = raw.split_once("://").map(|(scheme, _)| scheme);
+        match scheme {
+            Some("postgres" | "postgresql") => {}
+            Some(other) if other.starts_with("postgres") => {
+                return Err(format!(
+                    "'{masked}' names a driver ('{other}'); {EXPECTED} without a driver suffix"
+                ));
+            }
+            Some(other) => {
+                return Err(format!(
+                    "'{masked}' has scheme '{other}', not postgresql; {EXPECTED}"
+                ));
+            }
+            None => return Err(format!("'{masked}' is not a URL; {EXPECTED}")),
+        }
+        let config = tokio_postgres::Config::from_str(raw)
+            .map_err(|err| format!("'{masked}' cannot be parsed ({err}); {EXPECTED}"))?;
+        if config.get_hosts().is_empty() {
+            return Err(format!("'{masked}' names no host; {EXPECTED}"));
+        }
+        Ok(Self {
+            config: std::sync::Arc::new(config),
+            masked,
+        })
+    }
+}
+
+/// An AMQP 0-9-1 broker URL, with a printable form that never reveals the password.
+#[derive(Clone)]
+pub struct BrokerUrl {
+    raw: String,
+    masked: String,
+    host: String,
+    port: u16,
+}
+
+impl BrokerUrl {
+    /// The URL as given, for the AMQP client.
+    pub fn as_str(&self) -> &str {
+        &self.raw
+    }
+
+    /// The URL with the password replaced by `****`.
+    pub fn masked(&self) -> &str {
+        &self.masked
+    }
+
+    /// `host:port`, for error messages.
+    pub fn endpoint(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+impl std::fmt::Debug for BrokerUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.masked)
+    }
+}
+
+impl FromStr for BrokerUrl {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        const EXPECTED: &str = "expected amqp://user:password@host:port/vhost (or amqps://)";
+        let masked = mask_password(raw);
+        let (scheme, rest) = raw
+            .split_once("://")
+            .ok_or_else(|| format!("'{masked}' is not a URL; {EXPECTED}"))?;
+        let default_port = match scheme {
+            "amqp" => 5672,
+            "amqps" => 5671,
+            other => return Err(format!("'{masked}' has scheme '{other}'; {EXPECTED}")),
+        };
+        let authority = rest.split(['/', '?']).next().unwrap_or_default();
+        let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+        let (host, port) = match host_port.rsplit_once(':') {
+            Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => {
+                let port = port
+                    .parse::<u16>()
+                    .map_err(|_| format!("'{masked}' has port '{port}'; {EXPECTED}"))?;
+                (host, port)
+            }
+            _ => (host_port, default_port),
+        };
+        if host.is_empty() {
+            return Err(format!("'{masked}' names no host; {EXPECTED}"));
+        }
+        raw.parse::<lapin::uri::AMQPUri>()
+            .map_err(|err| format!("'{masked}' cannot be parsed ({err}); {EXPECTED}"))?;
+        Ok(Self {
+            raw: raw.to_owned(),
+            masked,
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+/// Replaces the password of a `scheme://user:password@host` URL, or of a
+/// `password=...` key-value pair, with `****`.
+pub fn mask_password(raw: &str) -> String {
+    if let Some((scheme, rest)) = raw.split_once("://") {
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(authority_end);
+        if let Some((userinfo, host)) = authority.rsplit_once('@')
+            && let Some((user, _password)) = userinfo.split_once(':')
+        {
+            return format!("{scheme}://{user}:****@{host}{tail}");
+        }
+        return raw.to_owned();
+    }
+    raw.split(' ')
+        .map(|pair| match pair.split_once('=') {
+            Some(("password", _)) => "password=****".to_owned(),
+            _ => pair.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Parses durations such as `250ms`, `30s`, `5m`, `1h` or `7d`.
+pub fn duration(raw: &str) -> Result<Duration, String> {
+    let expected = "expected a whole number with a unit (ms, s, m, h or d), e.g. 30s";
+    let trimmed = raw.trim();
+    let split = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("'{raw}' has no unit; {expected}"))?;
+    let (number, unit) = trimmed.split_at(split);
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("'{raw}' is not a duration; {expected}"))?;
+    let millis_per_unit: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(format!("'{raw}' has unknown unit '{unit}'; {expected}")),
+    };
+    value
+        .checked_mul(millis_per_unit)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("'{raw}' is too large; {expected}"))
+}
+
+/// A duration that must be at least one millisecond.
+pub fn positive_duration(raw: &str) -> Result<Duration, String> {
+    let value = duration(raw)?;
+    if value.is_zero() {
+        return Err(format!(
+            "'{raw}' is zero; expected a positive duration, e.g. 30s"
+        ));
+    }
+    Ok(value)
+}
+
+/// A socket address to listen on, such as `0.0.0.0:8080`.
+pub fn listen_address(raw: &str) -> Result<SocketAddr, String> {
+    raw.parse().map_err(|_| {
+        format!("'{raw}' is not a listen address; expected IP:PORT, e.g. 0.0.0.0:8080")
+    })
+}
+
+/// Builds a parser for an integer within `min..=max`.
+pub fn bounded_integer(min: u64, max: u64) -> impl Fn(&str) -> Result<u64, String> + Clone {
+    move |raw| {
+        let value: u64 = raw
+            .trim()
+            .parse()
+            .map_err(|_| format!("'{raw}' is not a whole number; expected {min} to {max}"))?;
+        if !(min..=max).contains(&value) {
+            return Err(format!("'{raw}' is out of range; expected {min} to {max}"));
+        }
+        Ok(value)
+    }
+}
+
+/// `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`).
+pub fn boolean(raw: &str) -> Result<bool, String> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(format!("'{raw}' is not a boolean; expected true or false")),
+    }
+}
+
+/// A comma-separated list of distinct reminder offsets in minutes, e.g. `60,15`.
+pub fn reminder_minutes(raw: &str) -> Result<Vec<i32>, String> {
+    let expected =
+        "expected distinct whole minutes from 0 to 10080 separated by commas, e.g. 60,15";
+    let mut minutes = Vec::new();
+    for part in raw.split(',') {
+        let value: i32 = part
+            .trim()
+            .parse()
+            .map_err(|_| format!("'{raw}' contains '{}'; {expected}", part.trim()))?;
+        if !(0..=10_080).contains(&value) {
+            return Err(format!("'{raw}' contains {value}; {expected}"));
+        }
+        if minutes.contains(&value) {
+            return Err(format!("'{raw}' repeats {value}; {expected}"));
+        }
+        minutes.push(value);
+    }
+    if minutes.len() > 10 {
+        return Err(format!("'{raw}' has more than 10 values; {expected}"));
+    }
+    Ok(minutes)
+}
+
+/// An AMQP exchange or routing key name: 1 to 255 bytes of printable ASCII.
+pub fn amqp_name(raw: &str) -> Result<String, String> {
+    if raw.is_empty() || raw.len() > 255 || !raw.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "'{raw}' is not a valid name; expected 1 to 255 printable ASCII characters without spaces"
+        ));
+    }
+    Ok(raw.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_passwords_in_urls_and_key_value_strings() {
+        assert_eq!(
+            mask_password("postgresql://app:s3cret@db:5432/app"),
+            "postgresql://app:****@db:5432/app"
+        );
+        assert_eq!(
+            mask_password("amqp://guest:p@ss@rabbit:5672/%2f"),
+            "amqp://guest:****@rabbit:5672/%2f"
+        );
+        assert_eq!(
+            mask_password("postgresql://app@db/app"),
+            "postgresql://app@db/app"
+        );
+        assert_eq!(
+            mask_password("host=db password=hunter2 user=app"),
+            "host=db password=**** user=app"
+        );
+    }
+
+    #[test]
+    fn database_url_rejects_driver_suffixes_and_other_schemes_without_leaking_the_password() {
+        let err = "postgresql+asyncpg://u:secret@h/db"
+            .parse::<DatabaseUrl>()
+            .unwrap_err();
+        assert!(err.contains("driver"), "{err}");
+        assert!(!err.contains("secret"), "{err}");
+        let err = "mysql://u:secret@h/db".parse::<DatabaseUrl>().unwrap_err();
+        assert!(err.contains("scheme 'mysql'"), "{err}");
+        assert!(!err.contains("secret"), "{err}");
+        assert!("localhost".parse::<DatabaseUrl>().is_err());
+        let ok: DatabaseUrl = "postgresql://u:secret@h:5433/db".parse().unwrap();
+        assert_eq!(ok.config().get_ports(), &[5433]);
+        assert_eq!(format!("{ok:?}"), "postgresql://u:****@h:5433/db");
+    }
+
+    #[test]
+    fn broker_url_knows_its_endpoint() {
+        let url: BrokerUrl = "amqp://guest:guest@rabbit:5673/%2f".parse().unwrap();
+        assert_eq!(url.endpoint(), "rabbit:5673");
+        let url: BrokerUrl = "amqp://localhost".parse().unwrap();
+        assert_eq!(url.endpoint(), "localhost:5672");
+        let err = "http://u:secret@h".parse::<BrokerUrl>().unwrap_err();
+        assert!(
+            err.contains("scheme 'http'") && !err.contains("secret"),
+            "{err}"
+        );
+        let err = "amqp://u:secret@h:notaport/"
+            .parse::<BrokerUrl>()
+            .unwrap_err();
+        assert!(
+            err.contains("port 'notaport'") && !err.contains("secret"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn durations_need_a_unit() {
+        assert_eq!(duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert!(duration("30").unwrap_err().contains("no unit"));
+        assert!(duration("3x").unwrap_err().contains("unknown unit 'x'"));
+        assert!(positive_duration("0s").unwrap_err().contains("zero"));
+    }
+
+    #[test]
+    fn reminder_minutes_are_distinct_and_bounded() {
+        assert_eq!(reminder_minutes("60, 15,0"), Ok(vec![60, 15, 0]));
+        assert!(
+            reminder_minutes("60,60")
+                .unwrap_err()
+                .contains("repeats 60")
+        );
+        assert!(reminder_minutes("-1").unwrap_err().contains("-1"));
+        assert!(reminder_minutes("10081").unwrap_err().contains("10081"));
+        assert!(reminder_minutes("a").unwrap_err().contains("'a'"));
+        assert!(reminder_minutes("0,1,2,3,4,5,6,7,8,9,10").is_err());
+    }
+
+    #[test]
+    fn bounded_integers_name_their_range() {
+        let parse = bounded_integer(1, 10);
+        assert_eq!(parse("10"), Ok(10));
+        assert!(parse("11").unwrap_err().contains("1 to 10"));
+        assert!(parse("x").unwrap_err().contains("'x'"));
+    }
+}

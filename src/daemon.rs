@@ -1,0 +1,212 @@
+//! `notification-scheduler daemon`: wires the adapters into the actor system,
+//! serves the health endpoints and shuts down cleanly on SIGTERM or SIGINT.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actors::backoff::Backoff;
+use actors::readiness::{Component, Readiness};
+use actors::scheduler::SchedulerSettings;
+use actors::supervisor::{DaemonSupervisor, SupervisorArgs, SupervisorMessage, SupervisorSettings};
+use ractor::{Actor, ActorRef};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::broker::publisher::{LapinConnector, PublisherSettings};
+use crate::config::DaemonArgs;
+use crate::db::change_feed::{ChangeFeedSettings, PgChangeFeed};
+use crate::db::schedule_store::{PgScheduleStore, StoreSettings};
+use crate::db::{self, migrate};
+use crate::http::health;
+use crate::shutdown;
+
+/// A name for this process in broker connection lists and telemetry.
+pub fn instance_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_else(|_| "unknown-host".to_owned());
+    format!("{host}:{}", std::process::id())
+}
+
+/// Runs the daemon until a shutdown signal; returns an error only for a
+/// failure that restarting cannot fix (schema missing, configuration mismatch).
+pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
+    let mut signal = shutdown::Signal::install()?;
+    let Some(()) = signal.run_until(prepare_schema(&args)).await? else {
+        return Ok(());
+    };
+    let mut daemon = RunningDaemon::start(&args).await?;
+    let fatal = tokio::select! {
+        () = signal.received() => None,
+        reason = daemon.fatal() => Some(reason),
+    };
+    daemon.shutdown().await;
+    match fatal {
+        Some(reason) => Err(anyhow::anyhow!(reason)),
+        None => Ok(()),
+    }
+}
+
+/// The actor system and the health server of a started daemon.
+pub struct RunningDaemon {
+    supervisor: ActorRef<SupervisorMessage>,
+    supervisor_done: JoinHandle<()>,
+    health_server: JoinHandle<std::io::Result<()>>,
+    fatal: watch::Receiver<Option<String>>,
+    grace: Duration,
+    /// Where /healthz and /readyz are served.
+    pub health_addr: SocketAddr,
+    /// Dependency states, as /readyz reports them.
+    pub readiness: Readiness,
+}
+
+impl RunningDaemon {
+    /// Starts the supervisor and the health server. The schema must be current
+    /// ([`prepare_schema`]).
+    pub async fn start(args: &DaemonArgs) -> anyhow::Result<Self> {
+        let readiness = Readiness::default();
+        readiness.set(Component::Database, false, Some("starting".to_owned()));
+        let health = health::bind(args.health_addr).await?;
+        let health_addr = health.local_addr()?;
+        let health_server = tokio::spawn({
+            let router = health::router(readiness.clone());
+            async move { axum::serve(health, router).await }
+        });
+        let (fatal_sender, fatal) = watch::channel(None);
+        let instance = instance_id();
+        let supervisor_args = SupervisorArgs {
+            store: store(args),
+            broker: Arc::new(LapinConnector::new(PublisherSettings {
+                url: args.broker.rabbitmq_url.clone(),
+                exchange: args.broker.rabbitmq_exchange.clone(),
+                routing_key: args.broker.rabbitmq_routing_key.clone(),
+                heartbeat: args.broker.rabbitmq_heartbeat,
+                connect_timeout: args.broker.rabbitmq_connect_timeout,
+                connection_name: format!("notification-scheduler daemon {instance}"),
+            })),
+            change_feed: Arc::new(PgChangeFeed::new(
+                args.database.database_url.clone(),
+                ChangeFeedSettings {
+                    connect_timeout: args.database.database_connect_timeout,
+                    ping_timeout: args.query_timeout,
+                },
+            )),
+            settings: supervisor_settings(args),
+            readiness: readiness.clone(),
+            fatal: fatal_sender,
+            on_restart: None,
+        };
+        let (supervisor, supervisor_done) =
+            Actor::spawn(None, DaemonSupervisor::default(), supervisor_args).await?;
+        tracing::info!(
+            database = args.database.database_url.masked(),
+            broker = args.broker.rabbitmq_url.masked(),
+            exchange = args.broker.rabbitmq_exchange.as_str(),
+            routing_key = args.broker.rabbitmq_routing_key.as_str(),
+            health = %health_addr,
+            instance = instance.as_str(),
+            "daemon started"
+        );
+        Ok(Self {
+            supervisor,
+            supervisor_done,
+            health_server,
+            fatal,
+            grace: args.shutdown_grace,
+            health_addr,
+            readiness,
+        })
+    }
+
+    /// Resolves with the reason if the daemon hits a failure that restarting
+    /// cannot fix.
+    pub async fn fatal(&mut self) -> String {
+        match self.fatal.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone().unwrap_or_default(),
+            // The supervisor is gone without a reason: never resolve.
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// Stops claiming, lets claimed batches settle within the grace period,
+    /// closes every connection.
+    pub async fn shutdown(self) {
+        tracing::info!("shutting down: letting claimed batches settle");
+        let grace = self.grace;
+        let _ = self
+            .supervisor
+            .call(
+                |reply| SupervisorMessage::Shutdown { grace, reply },
+                Some(grace + Duration::from_secs(5)),
+            )
+            .await;
+        self.supervisor.stop(None);
+        let _ = self.supervisor_done.await;
+        self.health_server.abort();
+        tracing::info!("daemon stopped");
+    }
+}
+
+/// Waits for PostgreSQL (reporting once while it is unreachable), then
+/// migrates or checks that the schema is current.
+pub async fn prepare_schema(args: &DaemonArgs) -> anyhow::Result<()> {
+    let url = &args.database.database_url;
+    let mut backoff = Backoff::new(Duration::from_millis(200), args.restart_backoff_max);
+    let mut reported: Option<String> = None;
+    let mut client = loop {
+        match db::connect(url, args.database.database_connect_timeout).await {
+            Ok(client) => break client,
+            Err(err) => {
+                let message = err.to_string();
+                if reported.as_deref() != Some(message.as_str()) {
+                    tracing::warn!(error = message.as_str(), "waiting for PostgreSQL");
+                    reported = Some(message);
+                }
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    };
+    if args.migrate {
+        migrate::run(&mut client).await?;
+    } else {
+        migrate::verify(&client).await?;
+    }
+    Ok(())
+}
+
+fn store(args: &DaemonArgs) -> PgScheduleStore {
+    let in_flight = usize::try_from(args.max_in_flight_batches).unwrap_or(1);
+    // One connection per batch awaiting confirms, one for the round's queries,
+    // one spare for the next claim while a batch commits.
+    let pool = db::pool(
+        &args.database.database_url,
+        in_flight + 2,
+        args.database.database_connect_timeout,
+    );
+    PgScheduleStore::new(
+        pool,
+        args.database.database_url.clone(),
+        StoreSettings {
+            claim_timeout: args.claim_timeout,
+            stale_grace: args.stale_grace,
+            query_timeout: args.query_timeout,
+        },
+    )
+}
+
+fn supervisor_settings(args: &DaemonArgs) -> SupervisorSettings {
+    SupervisorSettings {
+        restart_backoff: (args.restart_backoff_min, args.restart_backoff_max),
+        stable_after: Duration::from_secs(30),
+        listener_ping_interval: args.listener_ping_interval,
+        confirm_timeout: args.broker.rabbitmq_confirm_timeout,
+        scheduler: SchedulerSettings {
+            batch_size: usize::try_from(args.batch_size).unwrap_or(1),
+            max_in_flight_batches: usize::try_from(args.max_in_flight_batches).unwrap_or(1),
+            max_sleep: args.max_timer_sleep,
+            safety_check_interval: args.safety_check_interval,
+            contention_backoff: (Duration::from_millis(50), Duration::from_secs(1)),
+        },
+    }
+}

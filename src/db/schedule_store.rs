@@ -1,0 +1,226 @@
+//! The daemon's side of `notification_schedule`: claim due rows, find the next
+//! deadline, record outcomes. Every time is read from the database clock.
+
+use std::time::Duration;
+
+use actors::model::{Disposition, DueReminder, NextDue};
+use actors::ports::{Claim, PortError, ScheduleStore};
+use deadpool_postgres::{Object, Pool};
+use uuid::Uuid;
+
+use super::DbError;
+use crate::config::DatabaseUrl;
+
+/// Claims the oldest due rows that no other claim holds, and computes with the
+/// database clock whether each is stale and how long it stays useful.
+const CLAIM_DUE: &str = include_str!("sql/claim_due.sql");
+/// The earliest pending row outside the caller's in-flight claims.
+const NEXT_DUE: &str = include_str!("sql/next_due.sql");
+/// Marks claimed rows with what was done with them.
+const FINISH_CLAIM: &str = include_str!("sql/finish_claim.sql");
+
+/// Settings of the store.
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    /// Longest time a claim may stay open; the server ends the session (and
+    /// releases the rows) when a claimer stays idle in its transaction longer.
+    pub claim_timeout: Duration,
+    /// A reminder whose game has started is still published if it is at most
+    /// this late.
+    pub stale_grace: Duration,
+    /// Client-side bound on every statement.
+    pub query_timeout: Duration,
+}
+
+/// [`ScheduleStore`] on a PostgreSQL pool.
+#[derive(Clone)]
+pub struct PgScheduleStore {
+    pool: Pool,
+    url: DatabaseUrl,
+    settings: StoreSettings,
+    begin_claim: String,
+}
+
+impl PgScheduleStore {
+    /// A store using connections of `pool`, which connects to `url`.
+    pub fn new(pool: Pool, url: DatabaseUrl, settings: StoreSettings) -> Self {
+        let begin_claim = format!(
+            "BEGIN; SET LOCAL idle_in_transaction_session_timeout = {idle}; \
+             SET LOCAL statement_timeout = {statement}",
+            idle = settings.claim_timeout.as_millis().max(1),
+            statement = settings.query_timeout.as_millis().max(1),
+        );
+        Self {
+            pool,
+            url,
+            settings,
+            begin_claim,
+        }
+    }
+
+    async fn connection(&self) -> Result<Object, DbError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|err| super::pool_error(&self.url, err))
+    }
+
+    async fn bounded<T>(
+        &self,
+        context: &'static str,
+        future: impl Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, DbError> {
+        match tokio::time::timeout(self.settings.query_timeout, future).await {
+            Ok(result) => result.map_err(|err| DbError::query(context, &err)),
+            Err(_) => Err(DbError::Query {
+                context,
+                reason: format!("no answer within {:?}", self.settings.query_timeout),
+            }),
+        }
+    }
+}
+
+impl ScheduleStore for PgScheduleStore {
+    type Claim = PgClaim;
+
+    async fn claim_due(&self, limit: usize) -> Result<PgClaim, PortError> {
+        let client = self.connection().await?;
+        let statement = self
+            .bounded(
+                "preparing the claim query",
+                client.prepare_cached(CLAIM_DUE),
+            )
+            .await?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let grace_ms = i64::try_from(self.settings.stale_grace.as_millis()).unwrap_or(i64::MAX);
+        // BEGIN and the claim go out in one pipelined round trip.
+        let claimed = self
+            .bounded("claiming due reminders", async {
+                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&limit, &grace_ms];
+                let (begun, rows) = tokio::join!(
+                    client.batch_execute(&self.begin_claim),
+                    client.query(&statement, &params)
+                );
+                begun?;
+                rows
+            })
+            .await;
+        let mut claim = PgClaim {
+            client: Some(client),
+            reminders: Vec::new(),
+            query_timeout: self.settings.query_timeout,
+        };
+        let rows = claimed?;
+        claim.reminders = rows.iter().map(reminder_from_row).collect();
+        Ok(claim)
+    }
+
+    async fn next_due(&self, in_flight: &[Uuid]) -> Result<Option<NextDue>, PortError> {
+        let client = self.connection().await?;
+        let statement = self
+            .bounded(
+                "preparing the next-due query",
+                client.prepare_cached(NEXT_DUE),
+            )
+            .await?;
+        let row = self
+            .bounded(
+                "reading the next due reminder",
+                client.query_opt(&statement, &[&in_flight]),
+            )
+            .await?;
+        Ok(row.map(|row| NextDue {
+            at: row.get(0),
+            delay: Duration::from_micros(u64::try_from(row.get::<_, i64>(1)).unwrap_or(0)),
+        }))
+    }
+}
+
+fn reminder_from_row(row: &tokio_postgres::Row) -> DueReminder {
+    let expires_in_ms: Option<i64> = row.get("expires_in_ms");
+    let lateness_us: i64 = row.get("lateness_us");
+    DueReminder {
+        id: row.get("id"),
+        game_id: row.get("game_id"),
+        reminder_minutes: row.get("reminder_minutes"),
+        notification_time: row.get("notification_time"),
+        stale: row.get("stale"),
+        expires_in: expires_in_ms.map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
+        lateness: Duration::from_micros(u64::try_from(lateness_us).unwrap_or(0)),
+        traceparent: None,
+    }
+}
+
+/// Rows claimed inside an open transaction on a pooled connection.
+pub struct PgClaim {
+    /// `None` once finished.
+    client: Option<Object>,
+    reminders: Vec<DueReminder>,
+    query_timeout: Duration,
+}
+
+impl Claim for PgClaim {
+    fn reminders(&self) -> &[DueReminder] {
+        &self.reminders
+    }
+
+    async fn finish(mut self, done: Vec<(Uuid, Disposition)>) -> Result<(), PortError> {
+        let client = self.client.take().expect("a claim is finished once");
+        let (ids, outcomes): (Vec<Uuid>, Vec<&str>) = done
+            .iter()
+            .map(|(id, disposition)| {
+                let outcome = match disposition {
+                    Disposition::Published => "published",
+                    Disposition::SkippedStale => "skipped_stale",
+                };
+                (*id, outcome)
+            })
+            .unzip();
+        let finished = tokio::time::timeout(self.query_timeout, async {
+            if ids.is_empty() {
+                return client.batch_execute("ROLLBACK").await;
+            }
+            let statement = client.prepare_cached(FINISH_CLAIM).await?;
+            // The update and the commit go out in one pipelined round trip. If
+            // the update fails, the server answers COMMIT with a rollback.
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&ids, &outcomes];
+            let (updated, committed) = tokio::join!(
+                client.execute(&statement, &params),
+                client.batch_execute("COMMIT")
+            );
+            updated?;
+            committed
+        })
+        .await;
+        match finished {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => {
+                discard(client);
+                Err(DbError::query("recording delivered reminders", &err).into())
+            }
+            Err(_) => {
+                discard(client);
+                Err(DbError::Query {
+                    context: "recording delivered reminders",
+                    reason: format!("no answer within {:?}", self.query_timeout),
+                }
+                .into())
+            }
+        }
+    }
+}
+
+impl Drop for PgClaim {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            discard(client);
+        }
+    }
+}
+
+/// Closes a connection that may still be inside a claim transaction instead of
+/// returning it to the pool: the server then rolls back and releases the rows at
+/// once, and no later user inherits a transaction in an unknown state.
+fn discard(client: Object) {
+    drop(Object::take(client));
+}

@@ -1,0 +1,141 @@
+//! The binary's handling of configuration: one clear line and exit status 2
+//! for bad settings, host and port for unreachable servers, no secrets printed.
+
+use std::process::{Command, Output};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_notification-scheduler");
+
+/// Runs the binary with a clean environment plus `env`.
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(BINARY);
+    command.env_clear().args(args);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().expect("the binary runs")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[track_caller]
+fn assert_config_error(output: &Output, expected: &[&str]) {
+    let text = stderr(output);
+    assert_eq!(output.status.code(), Some(2), "stderr: {text}");
+    assert_eq!(text.trim_end().lines().count(), 1, "one line: {text}");
+    for part in expected {
+        assert!(text.contains(part), "{part:?} missing from: {text}");
+    }
+}
+
+#[test]
+fn a_missing_database_url_names_the_setting_and_what_is_expected() {
+    let output = run(&["migrate"], &[]);
+    assert_config_error(
+        &output,
+        &["DATABASE_URL", "--database-url", "postgresql://"],
+    );
+}
+
+#[test]
+fn a_bad_database_url_is_quoted_with_the_password_masked() {
+    let output = run(
+        &["migrate"],
+        &[(
+            "DATABASE_URL",
+            "postgresql+psycopg2://app:hunter2@db:5432/app",
+        )],
+    );
+    assert_config_error(&output, &["DATABASE_URL", "app:****@db", "driver"]);
+    assert!(!stderr(&output).contains("hunter2"));
+}
+
+#[test]
+fn a_flag_wins_over_the_environment() {
+    let output = run(
+        &["migrate", "--database-connect-timeout", "soon"],
+        &[
+            ("DATABASE_URL", "postgresql://app@127.0.0.1:1/app"),
+            ("DATABASE_CONNECT_TIMEOUT", "1s"),
+        ],
+    );
+    assert_config_error(&output, &["DATABASE_CONNECT_TIMEOUT", "'soon'", "unit"]);
+}
+
+#[test]
+fn bad_durations_and_enumerations_name_the_setting_and_the_value() {
+    let output = run(
+        &["migrate"],
+        &[
+            ("DATABASE_URL", "postgresql://app@127.0.0.1:1/app"),
+            ("DATABASE_CONNECT_TIMEOUT", "5"),
+        ],
+    );
+    assert_config_error(&output, &["DATABASE_CONNECT_TIMEOUT", "'5'", "e.g. 30s"]);
+
+    let output = run(
+        &["migrate"],
+        &[
+            ("DATABASE_URL", "postgresql://app@127.0.0.1:1/app"),
+            ("LOG_FORMAT", "xml"),
+        ],
+    );
+    assert_config_error(&output, &["LOG_FORMAT", "'xml'", "text, json"]);
+}
+
+#[test]
+fn invalid_rust_log_directives_are_a_configuration_error() {
+    let output = run(
+        &["migrate"],
+        &[
+            ("DATABASE_URL", "postgresql://app@127.0.0.1:1/app"),
+            ("RUST_LOG", "info,[[[="),
+        ],
+    );
+    assert_config_error(&output, &["RUST_LOG", "[[[="]);
+}
+
+#[test]
+fn an_unreachable_database_is_reported_by_host_and_port_without_secrets() {
+    let output = run(
+        &["migrate"],
+        &[
+            ("DATABASE_URL", "postgresql://app:hunter2@127.0.0.1:1/app"),
+            ("DATABASE_CONNECT_TIMEOUT", "2s"),
+        ],
+    );
+    let text = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("cannot reach PostgreSQL at 127.0.0.1:1"),
+        "{text}"
+    );
+    assert!(!text.contains("hunter2"), "{text}");
+    assert!(!text.contains("panicked"), "{text}");
+}
+
+#[test]
+fn help_documents_every_setting_with_its_variable_and_default() {
+    let output = run(&["migrate", "--help"], &[]);
+    assert_eq!(output.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&output.stdout);
+    for expected in [
+        "DATABASE_URL",
+        "DATABASE_CONNECT_TIMEOUT",
+        "[default: 5s]",
+        "LOG_LEVEL",
+        "LOG_FORMAT",
+    ] {
+        assert!(help.contains(expected), "{expected} missing from:\n{help}");
+    }
+}
+
+#[test]
+fn help_never_shows_secret_values_from_the_environment() {
+    let output = run(
+        &["migrate", "--help"],
+        &[("DATABASE_URL", "postgresql://app:hunter2@db/app")],
+    );
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("hunter2"));
+}

@@ -1,0 +1,301 @@
+//! Test support: a fresh database per test (migrated, dropped afterwards) and
+//! uniquely named RabbitMQ exchanges and queues, so tests run in parallel on
+//! one server and leave nothing behind.
+//!
+//! The servers default to the local ones; `TEST_DATABASE_URL` (any database on
+//! the server) and `TEST_RABBITMQ_URL` point elsewhere. An unreachable server
+//! fails the test with a message saying so; nothing is skipped silently.
+
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+pub mod proxy;
+pub mod schedule;
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
+    QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use notification_scheduler::config::DatabaseUrl;
+use tokio_postgres::NoTls;
+use uuid::Uuid;
+
+/// Upper bound for any single wait in a test: a hang fails fast.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub fn server_database_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgresql://postgres:postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+pub fn rabbitmq_url() -> String {
+    std::env::var("TEST_RABBITMQ_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+fn with_database(url: &str, database: &str) -> String {
+    let (base, _) = url.rsplit_once('/').expect("a database URL has a path");
+    format!("{base}/{database}")
+}
+
+async fn admin_client() -> tokio_postgres::Client {
+    let url = server_database_url();
+    let (client, connection) = tokio_postgres::connect(&url, NoTls)
+        .await
+        .unwrap_or_else(|err| panic!("PostgreSQL for tests is unreachable at {url}: {err}"));
+    tokio::spawn(connection);
+    client
+}
+
+/// A database that exists for one test.
+pub struct TestDb {
+    pub name: String,
+    /// postgresql:// URL of the database.
+    pub url: String,
+}
+
+impl TestDb {
+    /// A new database with every migration applied.
+    pub async fn migrated() -> Self {
+        let db = Self::empty().await;
+        let mut client = db.client().await;
+        notification_scheduler::db::migrate::run(&mut client)
+            .await
+            .expect("migrations apply to an empty database");
+        db
+    }
+
+    /// A new database without any schema.
+    pub async fn empty() -> Self {
+        let name = format!("test_{}", Uuid::new_v4().simple());
+        admin_client()
+            .await
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create the test database");
+        let url = with_database(&server_database_url(), &name);
+        Self { name, url }
+    }
+
+    pub fn database_url(&self) -> DatabaseUrl {
+        self.url.parse().expect("valid test URL")
+    }
+
+    /// A connection of its own.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(&self.url, NoTls)
+            .await
+            .expect("connect to the test database");
+        tokio::spawn(connection);
+        client
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime; use a thread with its own.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                admin_client()
+                    .await
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop test database {}", self.name);
+        }
+    }
+}
+
+/// A uniquely named topic exchange for one test, deleted afterwards.
+pub struct TestBroker {
+    pub url: String,
+    pub exchange: String,
+    pub routing_key: String,
+    connection: Option<Connection>,
+}
+
+impl TestBroker {
+    /// The same exchange and routing key reached through `url` (a proxy);
+    /// only the original deletes the exchange.
+    pub fn via(&self, url: String) -> TestBroker {
+        TestBroker {
+            url,
+            exchange: self.exchange.clone(),
+            routing_key: self.routing_key.clone(),
+            connection: None,
+        }
+    }
+
+    pub async fn new() -> Self {
+        let url = rabbitmq_url();
+        let connection = Connection::connect(&url, ConnectionProperties::default())
+            .await
+            .unwrap_or_else(|err| panic!("RabbitMQ for tests is unreachable at {url}: {err}"));
+        Self {
+            url,
+            exchange: format!("test.{}", Uuid::new_v4().simple()),
+            routing_key: "game.reminder_due".to_owned(),
+            connection: Some(connection),
+        }
+    }
+
+    /// A queue bound to the exchange (declared here if the daemon has not yet
+    /// done so), deleted when the consumer is dropped.
+    pub async fn consumer(&self) -> TestConsumer {
+        let channel = self
+            .connection
+            .as_ref()
+            .expect("the original broker handle")
+            .create_channel()
+            .await
+            .expect("channel");
+        channel
+            .exchange_declare(
+                self.exchange.as_str().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare the test exchange");
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("declare the test queue");
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                self.exchange.as_str().into(),
+                self.routing_key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind the test queue");
+        let consumer = channel
+            .basic_consume(
+                queue.name().clone(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume the test queue");
+        TestConsumer {
+            _channel: channel,
+            consumer,
+        }
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        if self.connection.is_none() {
+            return;
+        }
+        let url = self.url.clone();
+        let exchange = self.exchange.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                let connection = Connection::connect(&url, ConnectionProperties::default()).await?;
+                let channel = connection.create_channel().await?;
+                channel
+                    .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                    .await?;
+                connection.close(200, "done".into()).await
+            })
+        })
+        .join();
+    }
+}
+
+/// A message as a consumer sees it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub message_id: String,
+    pub body: serde_json::Value,
+    pub expiration: Option<String>,
+    pub traceparent: Option<String>,
+    pub received_at: chrono::DateTime<chrono::Utc>,
+}
+
+pub struct TestConsumer {
+    _channel: lapin::Channel,
+    consumer: lapin::Consumer,
+}
+
+impl TestConsumer {
+    /// The next message, or `None` if none arrives within `timeout`.
+    pub async fn next_within(&mut self, timeout: Duration) -> Option<Received> {
+        let delivery = tokio::time::timeout(timeout, self.consumer.next())
+            .await
+            .ok()??
+            .expect("delivery");
+        let received_at = chrono::Utc::now();
+        delivery.ack(BasicAckOptions::default()).await.expect("ack");
+        let properties = &delivery.properties;
+        Some(Received {
+            message_id: properties
+                .message_id()
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            body: serde_json::from_slice(&delivery.data).expect("JSON body"),
+            expiration: properties.expiration().as_ref().map(ToString::to_string),
+            traceparent: properties
+                .headers()
+                .as_ref()
+                .and_then(|headers| headers.inner().get("traceparent"))
+                .and_then(|value| value.as_long_string())
+                .map(ToString::to_string),
+            received_at,
+        })
+    }
+
+    /// Exactly `count` messages, failing the test if they do not all arrive
+    /// within [`WAIT`] of each other.
+    pub async fn take(&mut self, count: usize) -> Vec<Received> {
+        let mut received = Vec::with_capacity(count);
+        while received.len() < count {
+            match self.next_within(WAIT).await {
+                Some(message) => received.push(message),
+                None => panic!("received {} of {count} messages", received.len()),
+            }
+        }
+        received
+    }
+
+    /// Asserts that nothing arrives for `quiet`.
+    pub async fn assert_quiet(&mut self, quiet: Duration) {
+        if let Some(message) = self.next_within(quiet).await {
+            panic!("unexpected message: {message:?}");
+        }
+    }
+}
