@@ -371,3 +371,63 @@ impl BrokerSession for FakeBroker {
 
     async fn close(&self) {}
 }
+
+#[derive(Default)]
+struct FeedInner {
+    connects: usize,
+    events: Option<mpsc::UnboundedSender<crate::ports::ChangeFeedEvent>>,
+    ping_failure: Option<String>,
+}
+
+/// A change feed whose notifications and losses the test triggers.
+#[derive(Clone, Default)]
+pub struct FakeFeed {
+    inner: Arc<Mutex<FeedInner>>,
+}
+
+impl FakeFeed {
+    pub fn connects(&self) -> usize {
+        self.inner.lock().unwrap().connects
+    }
+
+    /// Sends an event on the current session.
+    pub fn emit(&self, event: crate::ports::ChangeFeedEvent) {
+        if let Some(events) = &self.inner.lock().unwrap().events {
+            let _ = events.send(event);
+        }
+    }
+
+    /// Makes pings fail (a silently dead connection) or succeed again.
+    pub fn fail_pings(&self, reason: Option<&str>) {
+        self.inner.lock().unwrap().ping_failure = reason.map(str::to_owned);
+    }
+}
+
+impl crate::ports::ChangeFeedConnector for FakeFeed {
+    type Session = FakeFeed;
+
+    async fn connect(
+        &self,
+    ) -> Result<
+        (
+            FakeFeed,
+            mpsc::UnboundedReceiver<crate::ports::ChangeFeedEvent>,
+        ),
+        PortError,
+    > {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let mut inner = self.inner.lock().unwrap();
+        inner.connects += 1;
+        inner.events = Some(sender);
+        Ok((self.clone(), receiver))
+    }
+}
+
+impl crate::ports::ChangeFeedSession for FakeFeed {
+    async fn ping(&self) -> Result<(), PortError> {
+        match &self.inner.lock().unwrap().ping_failure {
+            Some(reason) => Err(reason.clone().into()),
+            None => Ok(()),
+        }
+    }
+}

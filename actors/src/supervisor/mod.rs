@@ -411,3 +411,6 @@ where
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,185 @@
+//! Restart behaviour of the supervisor against fakes, on paused time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorRef, ActorStatus};
+use tokio::sync::watch;
+
+use super::*;
+use crate::model::Disposition;
+use crate::ports::{BrokerEvent, ChangeFeedEvent};
+use crate::testing::{FakeBroker, FakeFeed, FakeStore};
+
+struct Harness {
+    store: FakeStore,
+    broker: FakeBroker,
+    feed: FakeFeed,
+    readiness: Readiness,
+    fatal: watch::Receiver<Option<String>>,
+    supervisor: ActorRef<SupervisorMessage>,
+}
+
+fn settings() -> SupervisorSettings {
+    SupervisorSettings {
+        restart_backoff: (Duration::from_millis(100), Duration::from_secs(2)),
+        stable_after: Duration::from_secs(30),
+        listener_ping_interval: Duration::from_secs(15),
+        confirm_timeout: Duration::from_secs(10),
+        scheduler: SchedulerSettings {
+            batch_size: 100,
+            max_in_flight_batches: 2,
+            max_sleep: Duration::from_secs(60),
+            safety_check_interval: Duration::from_secs(300),
+            contention_backoff: (Duration::from_millis(50), Duration::from_secs(1)),
+        },
+    }
+}
+
+async fn start(prepare: impl FnOnce(&FakeStore, &FakeBroker)) -> Harness {
+    let store = FakeStore::new();
+    let broker = FakeBroker::new(&store);
+    let feed = FakeFeed::default();
+    prepare(&store, &broker);
+    let readiness = Readiness::default();
+    let (fatal_sender, fatal) = watch::channel(None);
+    let args = SupervisorArgs {
+        store: store.clone(),
+        broker: Arc::new(broker.clone()),
+        change_feed: Arc::new(feed.clone()),
+        settings: settings(),
+        readiness: readiness.clone(),
+        fatal: fatal_sender,
+        on_restart: None,
+    };
+    let (supervisor, _) = Actor::spawn(None, DaemonSupervisor::default(), args)
+        .await
+        .expect("supervisor starts");
+    Harness {
+        store,
+        broker,
+        feed,
+        readiness,
+        fatal,
+        supervisor,
+    }
+}
+
+async fn advance_until(limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_publisher_that_cannot_connect_is_retried_with_backoff_and_delivery_resumes() {
+    let h = start(|store, broker| {
+        store.insert_overdue(Duration::from_secs(5), None);
+        broker.fail_next_connects(["connection refused".into(), "connection refused".into()]);
+    })
+    .await;
+    assert!(!h.readiness.report().broker.ready);
+    advance_until(Duration::from_secs(2), || h.store.pending() == 0).await;
+    assert_eq!(h.broker.connects(), 3);
+    assert!(h.readiness.report().broker.ready);
+    assert!(h.readiness.report().ready());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_broker_connection_is_replaced() {
+    let h = start(|_, _| {}).await;
+    advance_until(Duration::from_secs(1), || h.readiness.report().ready()).await;
+    h.broker
+        .emit(BrokerEvent::Lost("connection reset".to_owned()));
+    advance_until(Duration::from_secs(1), || h.broker.connects() == 2).await;
+    let due = h.store.insert_overdue(Duration::from_secs(1), None);
+    h.feed.emit(ChangeFeedEvent::Changed(
+        crate::model::ChangeHint::Unrecognised {
+            payload: String::new(),
+        },
+    ));
+    advance_until(Duration::from_secs(1), || {
+        h.store.row(due).done == Some(Disposition::Published)
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_listen_connection_is_replaced_and_resyncs() {
+    let h = start(|_, _| {}).await;
+    advance_until(Duration::from_secs(1), || h.readiness.report().ready()).await;
+    h.feed.emit(ChangeFeedEvent::Lost(
+        "terminated by administrator".to_owned(),
+    ));
+    // Written while the listener was away: no notification will ever come.
+    let missed = h.store.insert_overdue(Duration::from_secs(1), None);
+    advance_until(Duration::from_secs(2), || {
+        h.store.row(missed).done.is_some()
+    })
+    .await;
+    assert_eq!(h.feed.connects(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silently_dead_listen_connection_is_detected_by_its_ping() {
+    let h = start(|_, _| {}).await;
+    advance_until(Duration::from_secs(1), || h.readiness.report().ready()).await;
+    h.feed.fail_pings(Some("no answer within 10s"));
+    advance_until(Duration::from_secs(16), || {
+        !h.readiness.report().change_feed.ready
+    })
+    .await;
+    h.feed.fail_pings(None);
+    advance_until(Duration::from_secs(3), || {
+        h.readiness.report().change_feed.ready
+    })
+    .await;
+    assert!(h.feed.connects() >= 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unrecoverable_error_stops_the_daemon_instead_of_retrying() {
+    let h = start(|_, broker| {
+        broker.fail_next_connects([Box::new(crate::ports::Unrecoverable(
+            "exchange exists with another type".to_owned(),
+        )) as crate::ports::PortError]);
+    })
+    .await;
+    let mut fatal = h.fatal.clone();
+    let reason = fatal
+        .wait_for(Option::is_some)
+        .await
+        .expect("fatal reported")
+        .clone();
+    assert_eq!(reason.as_deref(), Some("exchange exists with another type"));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(h.broker.connects(), 1, "not retried");
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_stops_every_child_after_claimed_batches_settle() {
+    let h = start(|store, broker| {
+        store.insert_overdue(Duration::from_secs(1), None);
+        broker.set_confirm_delay(Duration::from_secs(1));
+    })
+    .await;
+    advance_until(Duration::from_secs(1), || !h.broker.published().is_empty()).await;
+    h.supervisor
+        .call(
+            |reply| SupervisorMessage::Shutdown {
+                grace: Duration::from_secs(5),
+                reply,
+            },
+            Some(Duration::from_secs(10)),
+        )
+        .await
+        .expect("shutdown answers");
+    assert_eq!(h.store.pending(), 0, "the in-flight batch settled first");
+    assert_eq!(h.supervisor.get_children().len(), 0);
+    assert_eq!(h.supervisor.get_status(), ActorStatus::Running);
+}
