@@ -18,6 +18,11 @@ BEGIN
           FROM new_rows n
          WHERE NOT n.sent;
     ELSIF TG_OP = 'UPDATE' THEN
+        -- Every case below needs a row that is pending after the update. The
+        -- daemon's "mark sent" statements have none: leave before the joins.
+        IF NOT EXISTS (SELECT 1 FROM new_rows WHERE NOT sent) THEN
+            RETURN NULL;
+        END IF;
         -- Rows that became pending (moved, or re-armed after being sent) and the
         -- old time of pending rows that moved. A row going from unsent to sent is
         -- the daemon's own bookkeeping and cannot make any deadline earlier.

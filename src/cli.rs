@@ -9,8 +9,9 @@ use std::process::ExitCode;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{CommandFactory, Parser, Subcommand};
 
+use crate::bench::BenchArgs;
 use crate::config::{DaemonArgs, DatabaseArgs, LoggingArgs};
-use crate::{daemon, db, logging};
+use crate::{bench, daemon, db, logging};
 
 /// Delivers reminders stored in PostgreSQL to RabbitMQ at their time, once.
 #[derive(Debug, Parser)]
@@ -31,6 +32,9 @@ pub enum Command {
     /// Deliver reminders: supervised actors that publish each reminder to
     /// RabbitMQ at its time. Serves /healthz and /readyz.
     Daemon(Box<DaemonArgs>),
+    /// Measure lateness, backlog drain against the broker's own rate, scale and
+    /// memory, with the real daemon in a separate process (docs/BENCHMARKS.md).
+    Bench(Box<BenchArgs>),
 }
 
 /// Settings of `migrate`.
@@ -96,7 +100,7 @@ pub fn main() -> ExitCode {
 fn validate(command: &Command) -> Result<(), crate::config::ConflictError> {
     match command {
         Command::Daemon(args) => args.validate(),
-        Command::Migrate(_) => Ok(()),
+        Command::Migrate(_) | Command::Bench(_) => Ok(()),
     }
 }
 
@@ -104,6 +108,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Migrate(args) => migrate(args).await,
         Command::Daemon(args) => daemon::run(*args).await,
+        Command::Bench(args) => bench::run(*args).await,
     }
 }
 

@@ -2,6 +2,7 @@
 //! telemetry) around the actor system of the `actors` crate, and the binary's
 //! command line.
 //!
+//! - [`bench`]: the benchmark harness (`notification-scheduler bench`).
 //! - [`config`]: every setting, its flag, variable and default.
 //! - [`cli`]: subcommands, start-up and exit codes.
 //! - [`db`]: connections, the pool, migrations and the daemon's queries.
@@ -11,6 +12,7 @@
 //! - [`logging`]: log output.
 //! - [`shutdown`]: signal handling.
 
+pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod config;

@@ -396,3 +396,25 @@ async fn adopting_the_original_schema_keeps_every_instant_and_drops_its_row_trig
         .await
         .expect("a legacy-shaped insert");
 }
+
+#[tokio::test]
+async fn lookups_by_game_use_the_unique_index_which_leads_with_game_id() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    client.batch_execute("SET enable_seqscan = off").await.unwrap();
+    let plan: Vec<String> = client
+        .query(
+            "EXPLAIN SELECT * FROM notification_schedule WHERE game_id = $1",
+            &[&uuid::Uuid::new_v4()],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let plan = plan.join("\n");
+    assert!(
+        plan.contains("notification_schedule_game_id_reminder_minutes_key"),
+        "{plan}"
+    );
+}

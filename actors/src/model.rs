@@ -77,15 +77,6 @@ pub enum PublishOutcome {
     Unknown(String),
 }
 
-/// What the daemon did with a claimed reminder, recorded when the claim commits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Disposition {
-    /// Published and confirmed by the broker.
-    Published,
-    /// Not published because its game had already started.
-    SkippedStale,
-}
-
 /// Truncates a string to at most `max` bytes on a character boundary, for logs.
 pub fn truncate_for_log(text: &str, max: usize) -> String {
     if text.len() <= max {

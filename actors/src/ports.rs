@@ -9,7 +9,7 @@ use std::pin::Pin;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::model::{ChangeHint, Disposition, DueReminder, NextDue, PublishOutcome};
+use crate::model::{ChangeHint, DueReminder, NextDue, PublishOutcome};
 
 /// An error crossing a port: actors log it and fail, and their supervisor
 /// restarts them.
@@ -41,18 +41,15 @@ pub trait ScheduleStore: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<NextDue>, PortError>> + Send;
 }
 
-/// Claimed reminders. Dropping a claim without [`Claim::finish`] releases its
+/// Claimed reminders. Dropping a claim without [`Claim::commit`] releases its
 /// rows unchanged (the transaction rolls back), so they are delivered again.
 pub trait Claim: Send + 'static {
     /// The claimed reminders, oldest first.
     fn reminders(&self) -> &[DueReminder];
 
-    /// Records what was done with some of the reminders and releases the
-    /// claim; reminders not listed stay pending.
-    fn finish(
-        self,
-        done: Vec<(Uuid, Disposition)>,
-    ) -> impl Future<Output = Result<(), PortError>> + Send;
+    /// Records every claimed reminder as published (or skipped, if stale)
+    /// except `undelivered`, which stay pending, and releases the claim.
+    fn commit(self, undelivered: Vec<Uuid>) -> impl Future<Output = Result<(), PortError>> + Send;
 }
 
 /// A way to open broker sessions (one per publisher incarnation).

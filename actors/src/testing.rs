@@ -9,10 +9,17 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::model::{Disposition, DueReminder, NextDue, PublishOutcome};
+use crate::model::{DueReminder, NextDue, PublishOutcome};
 use crate::ports::{
     BrokerConnector, BrokerEvent, BrokerSession, Claim, PendingConfirms, PortError, ScheduleStore,
 };
+
+/// What a committed claim recorded for a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    Published,
+    SkippedStale,
+}
 
 /// A row of the fake schedule.
 #[derive(Debug, Clone)]
@@ -228,10 +235,20 @@ impl Claim for FakeClaim {
         &self.reminders
     }
 
-    async fn finish(mut self, done: Vec<(Uuid, Disposition)>) -> Result<(), PortError> {
+    async fn commit(mut self, undelivered: Vec<Uuid>) -> Result<(), PortError> {
         self.store.check()?;
-        for (id, disposition) in done {
-            self.store.with_row(id, |row| row.done = Some(disposition));
+        for reminder in self
+            .reminders
+            .iter()
+            .filter(|r| !undelivered.contains(&r.id))
+        {
+            let disposition = if reminder.stale {
+                Disposition::SkippedStale
+            } else {
+                Disposition::Published
+            };
+            self.store
+                .with_row(reminder.id, |row| row.done = Some(disposition));
         }
         self.release();
         self.finished = true;

@@ -3,6 +3,7 @@
 //! Errors leaving this module name the broker by host and port.
 
 pub mod confirms;
+pub mod consumer;
 pub mod envelope;
 pub mod publisher;
 
@@ -59,6 +60,27 @@ pub async fn connect(
             reason: format!("no answer within {timeout:?}"),
         }),
     }
+}
+
+/// Deletes an exchange (benchmark and test clean-up).
+pub async fn delete_exchange(url: &BrokerUrl, exchange: &str) -> Result<(), BrokerError> {
+    let timeout = Duration::from_secs(10);
+    let connection = connect(url, timeout, timeout, "notification-scheduler clean-up").await?;
+    let operation = |err: lapin::Error| BrokerError::Operation {
+        endpoint: url.endpoint(),
+        context: "deleting an exchange",
+        reason: err.to_string(),
+    };
+    let channel = connection.create_channel().await.map_err(operation)?;
+    channel
+        .exchange_delete(
+            exchange.into(),
+            lapin::options::ExchangeDeleteOptions::default(),
+        )
+        .await
+        .map_err(operation)?;
+    let _ = connection.close(200, "done".into()).await;
+    Ok(())
 }
 
 fn connect_error(endpoint: &str, err: &lapin::Error) -> BrokerError {

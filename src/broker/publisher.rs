@@ -207,18 +207,18 @@ async fn write_batches(
     };
     while let Some(request) = requests.recv().await {
         let now = Utc::now();
-        let encoded: Vec<_> = request
+        let (bodies, properties): (Vec<_>, Vec<_>) = request
             .reminders
             .iter()
             .map(|reminder| envelope::encode(reminder, now))
-            .collect();
-        let publishes = encoded.iter().map(|(body, properties)| {
+            .unzip();
+        let publishes = bodies.iter().zip(properties).map(|(body, properties)| {
             channel.basic_publish(
                 exchange.clone(),
                 routing_key.clone(),
                 options,
                 body,
-                properties.clone(),
+                properties,
             )
         });
         let confirms = join_all(publishes)

@@ -11,6 +11,7 @@ use std::time::Duration;
 #[derive(Clone)]
 pub struct DatabaseUrl {
     config: std::sync::Arc<tokio_postgres::Config>,
+    raw: String,
     masked: String,
 }
 
@@ -23,6 +24,11 @@ impl DatabaseUrl {
     /// The URL as given, with the password replaced by `****`.
     pub fn masked(&self) -> &str {
         &self.masked
+    }
+
+    /// The URL as given, password included: only for handing to a child process.
+    pub fn raw(&self) -> &str {
+        &self.raw
     }
 }
 
@@ -60,6 +66,7 @@ impl FromStr for DatabaseUrl {
         }
         Ok(Self {
             config: std::sync::Arc::new(config),
+            raw: raw.to_owned(),
             masked,
         })
     }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use actors::model::{Disposition, DueReminder, NextDue};
+use actors::model::{DueReminder, NextDue};
 use actors::ports::{Claim, PortError, ScheduleStore};
 use deadpool_postgres::{Object, Pool};
 use uuid::Uuid;
@@ -11,13 +11,14 @@ use uuid::Uuid;
 use super::DbError;
 use crate::config::DatabaseUrl;
 
-/// Claims the oldest due rows that no other claim holds, and computes with the
-/// database clock whether each is stale and how long it stays useful.
+/// Claims and marks the oldest due rows that no other claim holds, and
+/// computes with the database clock whether each is stale and how long it
+/// stays useful.
 const CLAIM_DUE: &str = include_str!("sql/claim_due.sql");
 /// The earliest pending row outside the caller's in-flight claims.
 const NEXT_DUE: &str = include_str!("sql/next_due.sql");
-/// Marks claimed rows with what was done with them.
-const FINISH_CLAIM: &str = include_str!("sql/finish_claim.sql");
+/// Returns claimed rows the broker did not confirm to pending.
+const RELEASE_CLAIMED: &str = include_str!("sql/release_claimed.sql");
 
 /// Settings of the store.
 #[derive(Debug, Clone)]
@@ -112,6 +113,10 @@ impl ScheduleStore for PgScheduleStore {
         };
         let rows = claimed?;
         claim.reminders = rows.iter().map(reminder_from_row).collect();
+        // UPDATE … RETURNING does not promise the subquery's order.
+        claim
+            .reminders
+            .sort_by_key(|reminder| reminder.notification_time);
         Ok(claim)
     }
 
@@ -136,15 +141,16 @@ impl ScheduleStore for PgScheduleStore {
     }
 }
 
+/// Decodes a row of `claim_due.sql`'s RETURNING list, by position.
 fn reminder_from_row(row: &tokio_postgres::Row) -> DueReminder {
-    let expires_in_ms: Option<i64> = row.get("expires_in_ms");
-    let lateness_us: i64 = row.get("lateness_us");
+    let expires_in_ms: Option<i64> = row.get(5);
+    let lateness_us: i64 = row.get(6);
     DueReminder {
-        id: row.get("id"),
-        game_id: row.get("game_id"),
-        reminder_minutes: row.get("reminder_minutes"),
-        notification_time: row.get("notification_time"),
-        stale: row.get("stale"),
+        id: row.get(0),
+        game_id: row.get(1),
+        reminder_minutes: row.get(2),
+        notification_time: row.get(3),
+        stale: row.get(4),
         expires_in: expires_in_ms.map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
         lateness: Duration::from_micros(u64::try_from(lateness_us).unwrap_or(0)),
         traceparent: None,
@@ -164,35 +170,29 @@ impl Claim for PgClaim {
         &self.reminders
     }
 
-    async fn finish(mut self, done: Vec<(Uuid, Disposition)>) -> Result<(), PortError> {
-        let client = self.client.take().expect("a claim is finished once");
-        let (ids, outcomes): (Vec<Uuid>, Vec<&str>) = done
-            .iter()
-            .map(|(id, disposition)| {
-                let outcome = match disposition {
-                    Disposition::Published => "published",
-                    Disposition::SkippedStale => "skipped_stale",
-                };
-                (*id, outcome)
-            })
-            .unzip();
-        let finished = tokio::time::timeout(self.query_timeout, async {
-            if ids.is_empty() {
+    async fn commit(mut self, undelivered: Vec<Uuid>) -> Result<(), PortError> {
+        let client = self.client.take().expect("a claim is committed once");
+        let nothing_delivered = undelivered.len() == self.reminders.len();
+        let committed = tokio::time::timeout(self.query_timeout, async {
+            if nothing_delivered {
                 return client.batch_execute("ROLLBACK").await;
             }
-            let statement = client.prepare_cached(FINISH_CLAIM).await?;
-            // The update and the commit go out in one pipelined round trip. If
-            // the update fails, the server answers COMMIT with a rollback.
-            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&ids, &outcomes];
-            let (updated, committed) = tokio::join!(
+            if undelivered.is_empty() {
+                return client.batch_execute("COMMIT").await;
+            }
+            let statement = client.prepare_cached(RELEASE_CLAIMED).await?;
+            // The release and the commit go out in one pipelined round trip.
+            // If the release fails, the server answers COMMIT with a rollback.
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&undelivered];
+            let (released, committed) = tokio::join!(
                 client.execute(&statement, &params),
                 client.batch_execute("COMMIT")
             );
-            updated?;
+            released?;
             committed
         })
         .await;
-        match finished {
+        match committed {
             Ok(Ok(())) => Ok(()),
             Ok(Err(err)) => {
                 discard(client);

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::SchedulerMessage;
 use crate::flow::FlowControl;
-use crate::model::{Disposition, NextDue, PublishOutcome};
+use crate::model::{NextDue, PublishOutcome};
 use crate::peers::Peers;
 use crate::ports::{Claim, PortError, ScheduleStore};
 use crate::publisher::PublisherMessage;
@@ -147,12 +147,13 @@ impl<S: ScheduleStore> RoundContext<S> {
             .filter(|r| !r.stale)
             .cloned()
             .collect();
+        let live_ids: Vec<Uuid> = live.iter().map(|r| r.id).collect();
         let confirms = if live.is_empty() {
             None
         } else {
             let (reply, outcomes) = tokio::sync::oneshot::channel();
             let sent = publisher.send_message(PublisherMessage::Publish {
-                reminders: live.clone(),
+                reminders: live,
                 reply: reply.into(),
             });
             Some((sent.is_ok(), outcomes))
@@ -166,11 +167,11 @@ impl<S: ScheduleStore> RoundContext<S> {
                     (true, Ok(outcomes)) => outcomes,
                     _ => vec![
                         PublishOutcome::Unknown("the publisher stopped".to_owned());
-                        live.len()
+                        live_ids.len()
                     ],
                 },
             };
-            let settled = settle(claim, &live, outcomes).await;
+            let settled = settle(claim, &live_ids, outcomes).await;
             {
                 let mut held = in_flight.lock();
                 for id in &ids {
@@ -185,24 +186,19 @@ impl<S: ScheduleStore> RoundContext<S> {
     }
 }
 
-/// Records what happened to each reminder of a claim and commits. Reminders
-/// the broker did not confirm stay pending. Fails if any did, or the commit did.
+/// Commits a claim once the broker has answered: reminders it did not confirm
+/// stay pending. Fails if any did, or if the commit did.
 async fn settle<C: Claim>(
     claim: C,
-    live: &[crate::model::DueReminder],
+    live: &[Uuid],
     outcomes: Vec<PublishOutcome>,
 ) -> Result<(), String> {
-    let mut done: Vec<(Uuid, Disposition)> = claim
-        .reminders()
-        .iter()
-        .filter(|r| r.stale)
-        .map(|r| (r.id, Disposition::SkippedStale))
-        .collect();
-    let skipped = done.len();
+    let skipped = claim.reminders().len() - live.len();
+    let mut undelivered = Vec::new();
     let mut failures = FailureSummary::default();
-    for (reminder, outcome) in live.iter().zip(&outcomes) {
+    for (id, outcome) in live.iter().zip(&outcomes) {
         match outcome {
-            PublishOutcome::Confirmed => done.push((reminder.id, Disposition::Published)),
+            PublishOutcome::Confirmed => continue,
             PublishOutcome::Nacked => failures.nacked += 1,
             PublishOutcome::Returned => failures.returned += 1,
             PublishOutcome::Unknown(reason) => {
@@ -210,9 +206,10 @@ async fn settle<C: Claim>(
                 failures.reason.get_or_insert_with(|| reason.clone());
             }
         }
+        undelivered.push(*id);
     }
-    let published = done.len() - skipped;
-    claim.finish(done).await.map_err(|err| {
+    let published = live.len() - undelivered.len();
+    claim.commit(undelivered).await.map_err(|err| {
         format!("recording a delivered batch failed, it will be delivered again: {err}")
     })?;
     tracing::debug!(published, skipped, "batch settled");

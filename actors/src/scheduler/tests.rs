@@ -7,8 +7,9 @@ use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorRef, ActorStatus};
 
 use super::*;
-use crate::model::{Disposition, Operation, PublishOutcome};
+use crate::model::{Operation, PublishOutcome};
 use crate::publisher::{PublisherActor, PublisherArgs};
+use crate::testing::Disposition;
 use crate::testing::{FakeBroker, FakeStore};
 
 fn settings() -> SchedulerSettings {

@@ -7,8 +7,8 @@ use ractor::{Actor, ActorRef, ActorStatus};
 use tokio::sync::watch;
 
 use super::*;
-use crate::model::Disposition;
 use crate::ports::{BrokerEvent, ChangeFeedEvent};
+use crate::testing::Disposition;
 use crate::testing::{FakeBroker, FakeFeed, FakeStore};
 
 struct Harness {

@@ -1,0 +1,222 @@
+//! What every scenario needs: a database and an exchange of its own, the daemon
+//! as a separate process, and a consumer.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::process::{Child, Command};
+use uuid::Uuid;
+
+use crate::broker::consumer::{QueueKind, Received, ReminderConsumer};
+use crate::config::{BrokerUrl, DatabaseUrl};
+use crate::db;
+
+/// Routing key of reminder messages (the daemon's default).
+pub const ROUTING_KEY: &str = "game.reminder_due";
+
+/// A database, exchange and queue created for one benchmark run.
+pub struct BenchEnv {
+    pub server: DatabaseUrl,
+    pub database: String,
+    pub url: DatabaseUrl,
+    pub broker: BrokerUrl,
+    pub exchange: String,
+    pub queue: String,
+    pub client: tokio_postgres::Client,
+}
+
+impl BenchEnv {
+    /// Creates and migrates `bench_<id>` on the server of `server`.
+    pub async fn create(server: &DatabaseUrl, broker: &BrokerUrl) -> anyhow::Result<Self> {
+        let id = Uuid::new_v4().simple().to_string();
+        let database = format!("bench_{}", &id[..12]);
+        let admin = db::connect(server, Duration::from_secs(10)).await?;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {database}"))
+            .await?;
+        let url: DatabaseUrl = with_database(server.raw(), &database)
+            .parse()
+            .map_err(anyhow::Error::msg)?;
+        let mut client = db::connect(&url, Duration::from_secs(10)).await?;
+        db::migrate::run(&mut client).await?;
+        Ok(Self {
+            server: server.clone(),
+            database,
+            url,
+            broker: broker.clone(),
+            exchange: format!("bench.{}", &id[..12]),
+            queue: format!("bench.{}", &id[..12]),
+            client,
+        })
+    }
+
+    /// Binds the bench queue (durable, like the bot's) to the exchange.
+    pub async fn consumer(&self) -> anyhow::Result<ReminderConsumer> {
+        Ok(ReminderConsumer::bind(
+            &self.broker,
+            &self.exchange,
+            ROUTING_KEY,
+            QueueKind::Durable(self.queue.clone()),
+            u16::MAX,
+        )
+        .await?)
+    }
+
+    /// Drops the database, the queue and the exchange.
+    pub async fn remove(self) {
+        if let Ok(consumer) = self.consumer().await {
+            consumer.delete_queue().await;
+        }
+        let _ = crate::broker::delete_exchange(&self.broker, &self.exchange).await;
+        drop(self.client);
+        if let Ok(admin) = db::connect(&self.server, Duration::from_secs(10)).await {
+            let _ = admin
+                .batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    self.database
+                ))
+                .await;
+        }
+    }
+
+    /// Notification times of all pending rows, by id.
+    pub async fn pending(&self) -> anyhow::Result<HashMap<Uuid, DateTime<Utc>>> {
+        let rows = self
+            .client
+            .query(
+                "SELECT id, notification_time FROM notification_schedule WHERE NOT sent",
+                &[],
+            )
+            .await?;
+        Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+    }
+}
+
+/// Replaces the database name (the path) of a PostgreSQL URL.
+fn with_database(url: &str, database: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("postgresql", url));
+    let (authority, query) = match rest.split_once('/') {
+        Some((authority, path)) => (authority, path.split_once('?').map(|(_, q)| q)),
+        None => (
+            rest.split('?').next().unwrap_or(rest),
+            rest.split_once('?').map(|(_, q)| q),
+        ),
+    };
+    match query {
+        Some(query) => format!("{scheme}://{authority}/{database}?{query}"),
+        None => format!("{scheme}://{authority}/{database}"),
+    }
+}
+
+/// The daemon, run as an operator runs it: this same binary, another process.
+pub struct DaemonProcess {
+    child: Child,
+    health_port: u16,
+}
+
+impl DaemonProcess {
+    /// Starts `notification-scheduler daemon` for the bench database and exchange.
+    pub fn start(env: &BenchEnv, extra: &[String]) -> anyhow::Result<Self> {
+        let health_port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = Command::new(std::env::current_exe()?)
+            .arg("daemon")
+            .args(extra)
+            .env("DATABASE_URL", env.url.raw())
+            .env("RABBITMQ_URL", env.broker.as_str())
+            .env("RABBITMQ_EXCHANGE", &env.exchange)
+            .env("HEALTH_ADDR", format!("127.0.0.1:{health_port}"))
+            .env("LOG_LEVEL", "warn")
+            .env_remove("RUST_LOG")
+            .kill_on_drop(true)
+            .spawn()?;
+        Ok(Self { child, health_port })
+    }
+
+    /// Waits until /readyz answers 200.
+    pub async fn ready(&self, within: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if http_status(self.health_port, "/readyz").await == Some(200) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!("the daemon was not ready within {within:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Peak resident memory so far, in KiB (VmHWM).
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()?)).ok()?;
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns the peak resident memory.
+    pub async fn stop(mut self) -> anyhow::Result<Option<u64>> {
+        let peak = self.peak_rss_kib();
+        if let Some(pid) = self.child.id() {
+            Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await?;
+        }
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await??;
+        if !status.success() {
+            anyhow::bail!("the daemon exited with {status}");
+        }
+        Ok(peak)
+    }
+}
+
+/// The status code of a plain HTTP/1.1 GET on localhost.
+async fn http_status(port: u16, path: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).await.ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+/// Receives until every id of `expected` has arrived (then `quiet` longer, to
+/// catch duplicates) or `deadline` passes.
+pub async fn collect(
+    consumer: &mut ReminderConsumer,
+    expected: &HashMap<Uuid, DateTime<Utc>>,
+    deadline: Duration,
+    quiet: Duration,
+) -> Vec<Received> {
+    let mut received = Vec::with_capacity(expected.len());
+    let mut seen = std::collections::HashSet::with_capacity(expected.len());
+    let give_up = tokio::time::Instant::now() + deadline;
+    while seen.len() < expected.len() {
+        match tokio::time::timeout_at(give_up, consumer.next()).await {
+            Ok(Some(Ok(message))) => {
+                if let Some(id) = message
+                    .message_id
+                    .as_deref()
+                    .and_then(|id| id.parse::<Uuid>().ok())
+                    && expected.contains_key(&id)
+                {
+                    seen.insert(id);
+                }
+                received.push(message);
+            }
+            _ => return received,
+        }
+    }
+    while let Ok(Some(Ok(message))) = tokio::time::timeout(quiet, consumer.next()).await {
+        received.push(message);
+    }
+    received
+}

@@ -1,0 +1,420 @@
+//! `notification-scheduler bench`: measures lateness, backlog drain against
+//! the broker's own ceiling, behaviour with a million rows, and memory.
+//! docs/BENCHMARKS.md describes the method and records results.
+//!
+//! Timing figures are reported, never asserted: machines are shared and noisy.
+//! Correctness is asserted: any early, missing or duplicated message makes the
+//! command fail.
+
+mod harness;
+mod scenarios;
+mod stats;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use serde::Serialize;
+
+use crate::config::{BrokerUrl, DatabaseUrl, parse};
+use harness::BenchEnv;
+use scenarios::{BacklogRun, CeilingRun, LatenessRun};
+
+/// A benchmark scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    /// Reminders spread over a few seconds: receive time minus notification time.
+    Lateness,
+    /// Overdue reminders present at start, against the broker's ceiling.
+    Backlog,
+    /// Lateness again with a million pending, then a million sent rows.
+    Scale,
+}
+
+/// Settings of `bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// PostgreSQL server to benchmark on: a database named bench_<id> is
+    /// created there and dropped afterwards.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
+    pub database_url: DatabaseUrl,
+
+    /// RabbitMQ to benchmark on: an exchange and a queue named bench.<id> are
+    /// created there and deleted afterwards.
+    #[arg(long, env = "RABBITMQ_URL", hide_env_values = true, value_name = "URL")]
+    pub rabbitmq_url: BrokerUrl,
+
+    /// Scenarios to run.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "lateness,backlog,scale"
+    )]
+    pub scenarios: Vec<Scenario>,
+
+    /// Reminders in a lateness run.
+    #[arg(long, default_value = "2000")]
+    pub lateness_reminders: u64,
+
+    /// Seconds over which a lateness run's reminders are spread.
+    #[arg(long, default_value = "20s", value_parser = parse::positive_duration)]
+    pub lateness_spread: Duration,
+
+    /// Overdue reminders in a backlog run (and messages per ceiling run).
+    #[arg(long, default_value = "50000")]
+    pub backlog_reminders: u64,
+
+    /// Alternating ceiling and backlog runs; the ratio compares their medians.
+    #[arg(long, default_value = "3")]
+    pub backlog_rounds: u32,
+
+    /// Most unconfirmed messages in a ceiling run (10,000 beat 1,000 and
+    /// unbounded publishing here).
+    #[arg(long, default_value = "10000")]
+    pub ceiling_window: usize,
+
+    /// Rows added for the scale runs.
+    #[arg(long, default_value = "1000000")]
+    pub scale_rows: u64,
+
+    /// Small sizes that finish in about a minute (used by CI).
+    #[arg(long)]
+    pub quick: bool,
+
+    /// Where to write the JSON report.
+    #[arg(long, default_value = "bench-results/bench.json")]
+    pub output: PathBuf,
+
+    /// Extra argument for every daemon started (repeatable), e.g.
+    /// `--daemon-arg=--batch-size=1000`.
+    #[arg(long = "daemon-arg", allow_hyphen_values = true)]
+    pub daemon_args: Vec<String>,
+}
+
+/// Everything measured, as written to the JSON report.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub machine: Machine,
+    pub lateness: Vec<LatenessRun>,
+    pub backlog: Vec<BacklogRun>,
+    pub ceiling: Vec<CeilingRun>,
+    /// Median backlog rate divided by the median ceiling rate: the headline figure.
+    pub backlog_to_ceiling: Option<f64>,
+    pub floors: Vec<Floor>,
+}
+
+/// The host the figures come from.
+#[derive(Debug, Serialize)]
+pub struct Machine {
+    pub cpus: usize,
+    pub memory_gib: f64,
+    pub postgres: String,
+    pub kernel: String,
+}
+
+/// A target from the benchmark issue and whether this run met it.
+#[derive(Debug, Serialize)]
+pub struct Floor {
+    pub name: String,
+    pub target: String,
+    pub measured: String,
+    pub met: bool,
+}
+
+/// Runs the selected scenarios; fails if any message was early, missing or
+/// delivered twice.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let args = if args.quick { quick(args) } else { args };
+    let env = BenchEnv::create(&args.database_url, &args.rabbitmq_url).await?;
+    let result = run_scenarios(&args, &env).await;
+    env.remove().await;
+    let report = result?;
+    print(&report);
+    if let Some(parent) = args.output.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&args.output, serde_json::to_vec_pretty(&report)?)?;
+    println!("\nreport written to {}", args.output.display());
+    check_correctness(&report)
+}
+
+fn quick(args: BenchArgs) -> BenchArgs {
+    BenchArgs {
+        lateness_reminders: 100,
+        lateness_spread: Duration::from_secs(3),
+        backlog_reminders: 2_000,
+        backlog_rounds: 1,
+        scale_rows: 20_000,
+        ..args
+    }
+}
+
+async fn run_scenarios(args: &BenchArgs, env: &BenchEnv) -> anyhow::Result<Report> {
+    let lead = Duration::from_secs(3);
+    let daemon_args = &args.daemon_args;
+    let mut report = Report {
+        machine: machine(env).await?,
+        lateness: Vec::new(),
+        backlog: Vec::new(),
+        ceiling: Vec::new(),
+        backlog_to_ceiling: None,
+        floors: Vec::new(),
+    };
+    let (count, spread) = (args.lateness_reminders, args.lateness_spread);
+    if args.scenarios.contains(&Scenario::Lateness) {
+        eprintln!("[bench] lateness: {count} reminders over {spread:?}");
+        report
+            .lateness
+            .push(scenarios::lateness(env, "empty table", count, spread, lead, daemon_args).await?);
+    }
+    if args.scenarios.contains(&Scenario::Backlog) {
+        // The machine is shared and noisy: alternate the broker's own rate and
+        // the daemon's, and compare medians.
+        let count = args.backlog_reminders;
+        for round in 1..=args.backlog_rounds {
+            scenarios::prepare_backlog(env, count).await?;
+            eprintln!(
+                "[bench] ceiling {round}/{}: {count} messages",
+                args.backlog_rounds
+            );
+            report
+                .ceiling
+                .push(scenarios::ceiling(env, count, args.ceiling_window).await?);
+            eprintln!(
+                "[bench] backlog {round}/{}: {count} overdue reminders",
+                args.backlog_rounds
+            );
+            report
+                .backlog
+                .push(scenarios::backlog(env, daemon_args).await?);
+        }
+        let ceiling = median(report.ceiling.iter().map(|run| run.per_second));
+        let backlog = median(report.backlog.iter().map(|run| run.per_second));
+        report.backlog_to_ceiling = Some(backlog / ceiling);
+    }
+    if args.scenarios.contains(&Scenario::Scale) {
+        let rows = args.scale_rows;
+        eprintln!("[bench] scale: adding {rows} pending rows");
+        scenarios::add_future_rows(env, rows).await?;
+        let label = format!("{rows} pending rows");
+        report
+            .lateness
+            .push(scenarios::lateness(env, &label, count, spread, lead, daemon_args).await?);
+        eprintln!("[bench] scale: marking them sent");
+        scenarios::mark_future_rows_sent(env).await?;
+        let label = format!("{rows} sent rows");
+        report
+            .lateness
+            .push(scenarios::lateness(env, &label, count, spread, lead, daemon_args).await?);
+    }
+    report.floors = floors(&report);
+    Ok(report)
+}
+
+async fn machine(env: &BenchEnv) -> anyhow::Result<Machine> {
+    let postgres: String = env
+        .client
+        .query_one("SHOW server_version", &[])
+        .await?
+        .get(0);
+    let memory_kib: f64 = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|line| line.strip_prefix("MemTotal:"))
+                .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(f64::NAN);
+    Ok(Machine {
+        cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        memory_gib: memory_kib / 1024.0 / 1024.0,
+        postgres,
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|release| release.trim().to_owned())
+            .unwrap_or_default(),
+    })
+}
+
+fn floors(report: &Report) -> Vec<Floor> {
+    let mut floors = Vec::new();
+    let mut floor = |name: &str, target: &str, measured: String, met: bool| {
+        floors.push(Floor {
+            name: name.to_owned(),
+            target: target.to_owned(),
+            measured,
+            met,
+        });
+    };
+    if let Some(base) = report.lateness.first() {
+        let l = &base.lateness;
+        floor(
+            "lateness p99",
+            "≤ 5 ms",
+            format!("{:.2} ms", l.p99_ms),
+            l.p99_ms <= 5.0,
+        );
+        floor(
+            "lateness max",
+            "≤ 25 ms",
+            format!("{:.2} ms", l.max_ms),
+            l.max_ms <= 25.0,
+        );
+        for run in report.lateness.iter().skip(1) {
+            let delta = run.lateness.p99_ms - l.p99_ms;
+            floor(
+                &format!("p99 with {}", run.label),
+                "within 1 ms of the empty table",
+                format!("{:+.2} ms", delta),
+                delta <= 1.0,
+            );
+        }
+    }
+    if let Some(ratio) = report.backlog_to_ceiling {
+        floor(
+            "backlog / ceiling",
+            "≥ 0.8",
+            format!("{ratio:.2}"),
+            ratio >= 0.8,
+        );
+    }
+    let peak = report
+        .lateness
+        .iter()
+        .filter_map(|run| run.peak_rss_kib)
+        .chain(report.backlog.iter().filter_map(|run| run.peak_rss_kib))
+        .max();
+    if let Some(peak) = peak {
+        let mib = peak as f64 / 1024.0;
+        floor("peak RSS", "≤ 50 MB", format!("{mib:.1} MiB"), mib <= 50.0);
+    }
+    floors
+}
+
+fn print(report: &Report) {
+    let m = &report.machine;
+    println!(
+        "\nmachine: {} CPUs, {:.1} GiB, PostgreSQL {}, Linux {}",
+        m.cpus, m.memory_gib, m.postgres, m.kernel
+    );
+    println!(
+        "\n{:<22} {:>6} {:>8} {:>8} {:>8} {:>8} {:>5} {:>7} {:>4} {:>9}",
+        "lateness",
+        "n",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "max ms",
+        "early",
+        "missing",
+        "dup",
+        "RSS MiB"
+    );
+    for run in &report.lateness {
+        let l = &run.lateness;
+        println!(
+            "{:<22} {:>6} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>5} {:>7} {:>4} {:>9.1}",
+            run.label,
+            l.expected,
+            l.p50_ms,
+            l.p90_ms,
+            l.p99_ms,
+            l.max_ms,
+            l.early,
+            l.missing,
+            l.duplicates,
+            run.peak_rss_kib.unwrap_or(0) as f64 / 1024.0
+        );
+    }
+    println!(
+        "\n{:<22} {:>9} {:>10} {:>10}",
+        "queries (ms)", "claim p50", "claim p99", "next p50"
+    );
+    for run in &report.lateness {
+        let q = &run.queries;
+        println!(
+            "{:<22} {:>9.3} {:>10.3} {:>10.3}  (pending {}, sent {}; server: claim {:.3}, next-due {:.3})",
+            run.label,
+            q.claim_p50_ms,
+            q.claim_p99_ms,
+            q.next_due_p50_ms,
+            q.pending_rows,
+            q.sent_rows,
+            q.claim_explain_ms,
+            q.next_due_explain_ms
+        );
+    }
+    for (ceiling, backlog) in report.ceiling.iter().zip(&report.backlog) {
+        println!(
+            "\nceiling: {:>7} messages in {:>6.2} s = {:>8.0}/s (window {}, missing {}, dup {})",
+            ceiling.messages,
+            ceiling.seconds,
+            ceiling.per_second,
+            ceiling.window,
+            ceiling.accounting.missing,
+            ceiling.accounting.duplicates
+        );
+        println!(
+            "backlog: {:>7} reminders in {:>6.2} s = {:>8.0}/s (first after {:.3} s, missing {}, dup {}, RSS {:.1} MiB)",
+            backlog.reminders,
+            backlog.seconds,
+            backlog.per_second,
+            backlog.first_message_seconds,
+            backlog.accounting.missing,
+            backlog.accounting.duplicates,
+            backlog.peak_rss_kib.unwrap_or(0) as f64 / 1024.0
+        );
+    }
+    if let Some(ratio) = report.backlog_to_ceiling {
+        println!("backlog / ceiling (medians): {ratio:.2}");
+    }
+    println!("\n{:<34} {:<32} {:>12}  met", "floor", "target", "measured");
+    for floor in &report.floors {
+        println!(
+            "{:<34} {:<32} {:>12}  {}",
+            floor.name,
+            floor.target,
+            floor.measured,
+            if floor.met { "yes" } else { "NO" }
+        );
+    }
+}
+
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut values: Vec<f64> = values.collect();
+    values.sort_by(f64::total_cmp);
+    stats::percentile(&values, 50.0)
+}
+
+fn check_correctness(report: &Report) -> anyhow::Result<()> {
+    let mut problems = Vec::new();
+    for run in &report.lateness {
+        let l = &run.lateness;
+        if l.early + l.missing + l.duplicates + l.unexpected > 0 {
+            problems.push(format!(
+                "lateness ({}): {} early, {} missing, {} duplicates, {} unexpected",
+                run.label, l.early, l.missing, l.duplicates, l.unexpected
+            ));
+        }
+    }
+    for run in report
+        .backlog
+        .iter()
+        .filter(|run| !run.accounting.is_clean())
+    {
+        problems.push(format!("backlog: {:?}", run.accounting));
+    }
+    for run in report
+        .ceiling
+        .iter()
+        .filter(|run| !run.accounting.is_clean())
+    {
+        problems.push(format!("ceiling (broker only): {:?}", run.accounting));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("delivery errors: {}", problems.join("; "))
+    }
+}

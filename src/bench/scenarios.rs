@@ -1,0 +1,388 @@
+//! The benchmark scenarios. Each inserts its rows with one statement, runs the
+//! real daemon as a separate process and consumes with a real consumer.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use actors::model::DueReminder;
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use futures_util::future::join_all;
+use futures_util::stream::FuturesUnordered;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::ShortString;
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::harness::{BenchEnv, DaemonProcess, ROUTING_KEY, collect};
+use super::stats::{self, Accounting, Lateness};
+use crate::broker::envelope;
+
+/// Result of a lateness run.
+#[derive(Debug, Clone, Serialize)]
+pub struct LatenessRun {
+    pub label: String,
+    pub lateness: Lateness,
+    pub peak_rss_kib: Option<u64>,
+    pub queries: QueryTimes,
+}
+
+/// Result of the backlog run.
+#[derive(Debug, Clone, Serialize)]
+pub struct BacklogRun {
+    pub reminders: u64,
+    /// From starting the daemon process to the last message consumed.
+    pub seconds: f64,
+    pub per_second: f64,
+    /// From starting the daemon process to the first message consumed
+    /// (process start, connections, first claim).
+    pub first_message_seconds: f64,
+    pub accounting: Accounting,
+    pub peak_rss_kib: Option<u64>,
+}
+
+/// Result of one ceiling run.
+#[derive(Debug, Clone, Serialize)]
+pub struct CeilingRun {
+    pub messages: u64,
+    /// Most unconfirmed messages allowed at once.
+    pub window: usize,
+    /// From the first publish to the last message consumed.
+    pub seconds: f64,
+    pub per_second: f64,
+    pub accounting: Accounting,
+}
+
+/// Round-trip times of the daemon's two hot queries, in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueryTimes {
+    pub pending_rows: i64,
+    pub sent_rows: i64,
+    pub claim_p50_ms: f64,
+    pub claim_p99_ms: f64,
+    pub claim_explain_ms: f64,
+    pub next_due_p50_ms: f64,
+    pub next_due_p99_ms: f64,
+    pub next_due_explain_ms: f64,
+}
+
+/// `count` reminders spread evenly over `spread`, the first `lead` from now.
+pub async fn lateness(
+    env: &BenchEnv,
+    label: &str,
+    count: u64,
+    spread: Duration,
+    lead: Duration,
+    daemon_args: &[String],
+) -> anyhow::Result<LatenessRun> {
+    let mut consumer = env.consumer().await?;
+    let daemon = DaemonProcess::start(env, daemon_args)?;
+    daemon.ready(Duration::from_secs(30)).await?;
+    let expected = insert_spread(env, count, spread, lead).await?;
+    let received = collect(
+        &mut consumer,
+        &expected,
+        lead + spread + Duration::from_secs(30),
+        Duration::from_millis(500),
+    )
+    .await;
+    let peak_rss_kib = daemon.stop().await?;
+    Ok(LatenessRun {
+        label: label.to_owned(),
+        lateness: stats::lateness(&expected, &received),
+        peak_rss_kib,
+        queries: query_times(env).await?,
+    })
+}
+
+/// Adds `count` overdue reminders, as after downtime, for [`backlog`].
+pub async fn prepare_backlog(env: &BenchEnv, count: u64) -> anyhow::Result<()> {
+    insert_overdue(env, count).await?;
+    settle_table(env).await
+}
+
+/// Starts the daemon on the pending backlog and measures until the last
+/// reminder is consumed.
+pub async fn backlog(env: &BenchEnv, daemon_args: &[String]) -> anyhow::Result<BacklogRun> {
+    let expected = env.pending().await?;
+    let count = expected.len() as u64;
+    let mut consumer = env.consumer().await?;
+    let started = Utc::now();
+    let daemon = DaemonProcess::start(env, daemon_args)?;
+    let received = collect(
+        &mut consumer,
+        &expected,
+        Duration::from_secs(600),
+        Duration::from_millis(500),
+    )
+    .await;
+    let peak_rss_kib = daemon.stop().await?;
+    let seconds =
+        last_expected(&expected, &received).map_or(f64::NAN, |last| seconds_between(started, last));
+    let first_message_seconds = received
+        .iter()
+        .map(|message| message.received_at)
+        .min()
+        .map_or(f64::NAN, |first| seconds_between(started, first));
+    Ok(BacklogRun {
+        reminders: count,
+        seconds,
+        per_second: count as f64 / seconds,
+        first_message_seconds,
+        accounting: stats::account(&expected, &received),
+        peak_rss_kib,
+    })
+}
+
+/// The broker's own rate for the same messages, with no database: publish on a
+/// confirm channel with at most `window` unconfirmed, consume in parallel.
+pub async fn ceiling(env: &BenchEnv, count: u64, window: usize) -> anyhow::Result<CeilingRun> {
+    let mut consumer = env.consumer().await?;
+    let timeout = Duration::from_secs(10);
+    let connection = crate::broker::connect(
+        &env.broker,
+        timeout,
+        timeout,
+        "notification-scheduler bench ceiling",
+    )
+    .await?;
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let now = Utc::now();
+    let reminders: Vec<DueReminder> = (0..count)
+        .map(|_| DueReminder {
+            id: Uuid::new_v4(),
+            game_id: Uuid::new_v4().to_string(),
+            reminder_minutes: 60,
+            notification_time: now,
+            stale: false,
+            expires_in: Some(Duration::from_secs(3_600)),
+            lateness: Duration::ZERO,
+            traceparent: None,
+        })
+        .collect();
+    let expected: HashMap<Uuid, DateTime<Utc>> = reminders.iter().map(|r| (r.id, now)).collect();
+    let exchange = ShortString::from(env.exchange.as_str());
+    let routing_key = ShortString::from(ROUTING_KEY);
+    let options = BasicPublishOptions {
+        mandatory: true,
+        ..BasicPublishOptions::default()
+    };
+    let receive = collect(
+        &mut consumer,
+        &expected,
+        Duration::from_secs(600),
+        Duration::from_millis(500),
+    );
+    let started = Utc::now();
+    let publish = async {
+        let mut unconfirmed = FuturesUnordered::new();
+        for chunk in reminders.chunks(window.clamp(1, 1_000)) {
+            while unconfirmed.len() + chunk.len() > window.max(chunk.len()) {
+                if let Some(confirm) = unconfirmed.next().await {
+                    confirm?;
+                }
+            }
+            let encoded: Vec<_> = chunk
+                .iter()
+                .map(|r| envelope::encode(r, Utc::now()))
+                .collect();
+            let published = join_all(encoded.iter().map(|(body, properties)| {
+                channel.basic_publish(
+                    exchange.clone(),
+                    routing_key.clone(),
+                    options,
+                    body,
+                    properties.clone(),
+                )
+            }))
+            .await;
+            for confirm in published {
+                unconfirmed.push(confirm?);
+            }
+        }
+        while let Some(confirm) = unconfirmed.next().await {
+            confirm?;
+        }
+        Ok::<(), lapin::Error>(())
+    };
+    let (received, published) = tokio::join!(receive, publish);
+    published?;
+    let _ = connection.close(200, ShortString::from("done")).await;
+    let seconds =
+        last_expected(&expected, &received).map_or(f64::NAN, |last| seconds_between(started, last));
+    Ok(CeilingRun {
+        messages: count,
+        window,
+        seconds,
+        per_second: count as f64 / seconds,
+        accounting: stats::account(&expected, &received),
+    })
+}
+
+/// Adds `rows` pending reminders far in the future (10 per game).
+pub async fn add_future_rows(env: &BenchEnv, rows: u64) -> anyhow::Result<()> {
+    let games = rows.div_ceil(10) as i64;
+    env.client
+        .execute(
+            "WITH games AS (
+                 INSERT INTO game_sessions (title, scheduled_at)
+                 SELECT 'scale', now() + interval '2 days' + g * interval '1 second'
+                   FROM generate_series(1, $1::bigint) AS g
+                 RETURNING id, scheduled_at)
+             INSERT INTO notification_schedule (game_id, reminder_minutes, notification_time, game_scheduled_at)
+             SELECT id, m, scheduled_at - m * interval '1 minute', scheduled_at
+               FROM games, generate_series(0, 9) AS m",
+            &[&games],
+        )
+        .await?;
+    settle_table(env).await
+}
+
+/// Leaves no setup work (hint bits, autovacuum, dirty buffers) for the
+/// measurement that follows.
+async fn settle_table(env: &BenchEnv) -> anyhow::Result<()> {
+    // Separate calls: VACUUM cannot run in the implicit transaction of a
+    // multi-statement batch.
+    env.client
+        .batch_execute("VACUUM ANALYZE notification_schedule")
+        .await?;
+    env.client.batch_execute("CHECKPOINT").await?;
+    Ok(())
+}
+
+/// Marks every far-future row as sent, as if delivered long ago.
+pub async fn mark_future_rows_sent(env: &BenchEnv) -> anyhow::Result<()> {
+    env.client
+        .execute(
+            "UPDATE notification_schedule SET sent = true, sent_at = now(), outcome = 'published'
+              WHERE NOT sent AND notification_time > now() + interval '1 day'",
+            &[],
+        )
+        .await?;
+    settle_table(env).await
+}
+
+async fn insert_spread(
+    env: &BenchEnv,
+    count: u64,
+    spread: Duration,
+    lead: Duration,
+) -> anyhow::Result<HashMap<Uuid, DateTime<Utc>>> {
+    let count = count as i64;
+    let (lead_ms, spread_ms) = (lead.as_millis() as f64, spread.as_millis() as f64);
+    let rows = env
+        .client
+        .query(
+            "WITH games AS (
+                 INSERT INTO game_sessions (title, scheduled_at)
+                 SELECT 'lateness', now() + interval '1 day' FROM generate_series(1, $1::bigint)
+                 RETURNING id, scheduled_at),
+             numbered AS (SELECT id, scheduled_at, row_number() OVER () - 1 AS n FROM games)
+             INSERT INTO notification_schedule (game_id, reminder_minutes, notification_time, game_scheduled_at)
+             SELECT id, 60, now() + ($2::float8 + n * $3::float8 / $1::bigint) * interval '1 ms', scheduled_at
+               FROM numbered
+             RETURNING id, notification_time",
+            &[&count, &lead_ms, &spread_ms],
+        )
+        .await?;
+    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+}
+
+async fn insert_overdue(env: &BenchEnv, count: u64) -> anyhow::Result<()> {
+    env.client
+        .execute(
+            "WITH games AS (
+                 INSERT INTO game_sessions (title, scheduled_at)
+                 SELECT 'backlog', now() + interval '1 hour' FROM generate_series(1, $1::bigint)
+                 RETURNING id, scheduled_at)
+             INSERT INTO notification_schedule (game_id, reminder_minutes, notification_time, game_scheduled_at)
+             SELECT id, 60, now() - interval '1 minute' - row_number() OVER () * interval '1 ms', scheduled_at
+               FROM games",
+            &[&(count as i64)],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Times the claim (rolled back) and next-due queries, 200 round trips each,
+/// plus the server's own execution time from EXPLAIN ANALYZE.
+async fn query_times(env: &BenchEnv) -> anyhow::Result<QueryTimes> {
+    const RUNS: usize = 200;
+    let client = &env.client;
+    let claim_sql = include_str!("../db/sql/claim_due.sql");
+    let next_due_sql = include_str!("../db/sql/next_due.sql");
+    let claim = client.prepare(claim_sql).await?;
+    let next_due = client.prepare(next_due_sql).await?;
+    let (limit, grace_ms) = (500i64, 60_000i64);
+    let none: Vec<Uuid> = Vec::new();
+    let mut claim_ms = Vec::with_capacity(RUNS);
+    let mut next_due_ms = Vec::with_capacity(RUNS);
+    for _ in 0..RUNS {
+        client.batch_execute("BEGIN").await?;
+        let started = Instant::now();
+        client.query(&claim, &[&limit, &grace_ms]).await?;
+        claim_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        client.batch_execute("ROLLBACK").await?;
+        let started = Instant::now();
+        client.query(&next_due, &[&none]).await?;
+        next_due_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    claim_ms.sort_by(f64::total_cmp);
+    next_due_ms.sort_by(f64::total_cmp);
+    client.batch_execute("BEGIN").await?;
+    let claim_explain_ms = explain_ms(client, claim_sql, &[&limit, &grace_ms]).await?;
+    client.batch_execute("ROLLBACK").await?;
+    let next_due_explain_ms = explain_ms(client, next_due_sql, &[&none]).await?;
+    let counts = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE NOT sent), count(*) FILTER (WHERE sent) FROM notification_schedule",
+            &[],
+        )
+        .await?;
+    Ok(QueryTimes {
+        pending_rows: counts.get(0),
+        sent_rows: counts.get(1),
+        claim_p50_ms: stats::percentile(&claim_ms, 50.0),
+        claim_p99_ms: stats::percentile(&claim_ms, 99.0),
+        claim_explain_ms,
+        next_due_p50_ms: stats::percentile(&next_due_ms, 50.0),
+        next_due_p99_ms: stats::percentile(&next_due_ms, 99.0),
+        next_due_explain_ms,
+    })
+}
+
+async fn explain_ms(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> anyhow::Result<f64> {
+    let row = client
+        .query_one(&format!("EXPLAIN (ANALYZE, FORMAT JSON) {sql}"), params)
+        .await?;
+    let plan: serde_json::Value = row.get(0);
+    Ok(plan[0]["Execution Time"].as_f64().unwrap_or(f64::NAN))
+}
+
+fn last_expected(
+    expected: &HashMap<Uuid, DateTime<Utc>>,
+    received: &[crate::broker::consumer::Received],
+) -> Option<DateTime<Utc>> {
+    received
+        .iter()
+        .filter(|message| {
+            message
+                .message_id
+                .as_deref()
+                .and_then(|id| id.parse::<Uuid>().ok())
+                .is_some_and(|id| expected.contains_key(&id))
+        })
+        .map(|message| message.received_at)
+        .max()
+}
+
+fn seconds_between(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
+    (to - from).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6
+}

@@ -1,0 +1,157 @@
+//! Percentiles and per-message accounting.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::broker::consumer::Received;
+
+/// Lateness of received messages against their notification time, in
+/// milliseconds, plus what was early, missing or repeated.
+#[derive(Debug, Clone, Serialize)]
+pub struct Lateness {
+    pub expected: usize,
+    pub received: usize,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub early: usize,
+    pub missing: usize,
+    pub duplicates: usize,
+    pub unexpected: usize,
+}
+
+/// Delivery accounting without timing: for the backlog and ceiling runs.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Accounting {
+    pub missing: usize,
+    pub duplicates: usize,
+    pub unexpected: usize,
+}
+
+impl Accounting {
+    pub fn is_clean(&self) -> bool {
+        self.missing == 0 && self.duplicates == 0 && self.unexpected == 0
+    }
+}
+
+/// Counts missing, repeated and unknown message ids.
+pub fn account(expected: &HashMap<Uuid, DateTime<Utc>>, received: &[Received]) -> Accounting {
+    let mut seen: HashMap<Uuid, usize> = HashMap::with_capacity(received.len());
+    let mut unexpected = 0;
+    for message in received {
+        match message
+            .message_id
+            .as_deref()
+            .and_then(|id| id.parse::<Uuid>().ok())
+        {
+            Some(id) if expected.contains_key(&id) => *seen.entry(id).or_default() += 1,
+            _ => unexpected += 1,
+        }
+    }
+    Accounting {
+        missing: expected.len() - seen.len(),
+        duplicates: seen.values().map(|count| count - 1).sum(),
+        unexpected,
+    }
+}
+
+/// Lateness of the first delivery of each expected message.
+pub fn lateness(expected: &HashMap<Uuid, DateTime<Utc>>, received: &[Received]) -> Lateness {
+    let accounting = account(expected, received);
+    let mut first: HashMap<Uuid, DateTime<Utc>> = HashMap::with_capacity(received.len());
+    for message in received {
+        if let Some(id) = message
+            .message_id
+            .as_deref()
+            .and_then(|id| id.parse::<Uuid>().ok())
+        {
+            first.entry(id).or_insert(message.received_at);
+        }
+    }
+    let mut late_ms: Vec<f64> = Vec::with_capacity(first.len());
+    let mut early = 0;
+    for (id, received_at) in &first {
+        let Some(due) = expected.get(id) else {
+            continue;
+        };
+        let ms = (*received_at - *due).num_microseconds().unwrap_or(i64::MAX) as f64 / 1000.0;
+        if ms < 0.0 {
+            early += 1;
+        }
+        late_ms.push(ms);
+    }
+    late_ms.sort_by(f64::total_cmp);
+    Lateness {
+        expected: expected.len(),
+        received: received.len(),
+        p50_ms: percentile(&late_ms, 50.0),
+        p90_ms: percentile(&late_ms, 90.0),
+        p99_ms: percentile(&late_ms, 99.0),
+        max_ms: late_ms.last().copied().unwrap_or(f64::NAN),
+        early,
+        missing: accounting.missing,
+        duplicates: accounting.duplicates,
+        unexpected: accounting.unexpected,
+    }
+}
+
+/// Nearest-rank percentile of sorted values.
+pub fn percentile(sorted: &[f64], percent: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((percent / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let values: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&values, 50.0), 50.0);
+        assert_eq!(percentile(&values, 99.0), 99.0);
+        assert_eq!(percentile(&values, 100.0), 100.0);
+        assert_eq!(percentile(&[7.0], 99.0), 7.0);
+        assert!(percentile(&[], 50.0).is_nan());
+    }
+
+    fn received(id: Uuid, at: DateTime<Utc>) -> Received {
+        Received {
+            message_id: Some(id.to_string()),
+            body: Vec::new(),
+            properties: lapin::BasicProperties::default(),
+            received_at: at,
+        }
+    }
+
+    #[test]
+    fn accounting_finds_early_missing_repeated_and_unknown_messages() {
+        let due: DateTime<Utc> = "2030-01-01T00:00:00Z".parse().unwrap();
+        let (on_time, early, missing) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let expected: HashMap<_, _> = [(on_time, due), (early, due), (missing, due)].into();
+        let messages = [
+            received(on_time, due + chrono::Duration::milliseconds(3)),
+            received(on_time, due + chrono::Duration::milliseconds(9)),
+            received(early, due - chrono::Duration::milliseconds(1)),
+            received(Uuid::new_v4(), due),
+        ];
+        let stats = lateness(&expected, &messages);
+        assert_eq!(
+            (
+                stats.early,
+                stats.missing,
+                stats.duplicates,
+                stats.unexpected
+            ),
+            (1, 1, 1, 1)
+        );
+        assert_eq!(stats.max_ms, 3.0);
+    }
+}

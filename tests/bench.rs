@@ -1,0 +1,52 @@
+//! The benchmark harness keeps working: its quick mode runs every scenario
+//! against the real daemon process and fails on any early, missing or
+//! duplicated message. Timings are not asserted.
+
+use std::process::Command;
+
+#[test]
+fn the_quick_benchmark_completes_with_every_message_delivered_once_and_never_early() {
+    let output_dir = std::env::temp_dir().join(format!("bench-{}", uuid::Uuid::new_v4().simple()));
+    let report_path = output_dir.join("bench.json");
+    let database = std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgresql://postgres:postgres@127.0.0.1:5432/postgres".to_owned());
+    let broker = std::env::var("TEST_RABBITMQ_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+    let output = Command::new(env!("CARGO_BIN_EXE_notification-scheduler"))
+        .args(["--log-level", "warn", "bench", "--quick", "--output"])
+        .arg(&report_path)
+        .env("DATABASE_URL", database)
+        .env("RABBITMQ_URL", broker)
+        .output()
+        .expect("the benchmark runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report_path).expect("report written"))
+            .expect("JSON report");
+    let _ = std::fs::remove_dir_all(&output_dir);
+    let lateness = report["lateness"].as_array().expect("lateness runs");
+    assert_eq!(lateness.len(), 3, "empty table, pending rows, sent rows");
+    for run in lateness {
+        let stats = &run["lateness"];
+        assert_eq!(stats["expected"], stats["received"], "{run}");
+        for field in ["early", "missing", "duplicates", "unexpected"] {
+            assert_eq!(stats[field], 0, "{field} in {run}");
+        }
+    }
+    for run in report["backlog"].as_array().expect("backlog runs") {
+        assert_eq!(run["accounting"]["missing"], 0, "{run}");
+        assert_eq!(run["accounting"]["duplicates"], 0, "{run}");
+    }
+    assert!(report["backlog_to_ceiling"].as_f64().is_some());
+    assert!(
+        report["floors"]
+            .as_array()
+            .is_some_and(|floors| !floors.is_empty())
+    );
+}
