@@ -10,8 +10,8 @@ use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::bench::BenchArgs;
-use crate::config::{DaemonArgs, DatabaseArgs, LoggingArgs};
-use crate::{bench, daemon, db, logging};
+use crate::config::{ApiArgs, DaemonArgs, DatabaseArgs, LoggingArgs};
+use crate::{api, bench, daemon, db, logging};
 
 /// Delivers reminders stored in PostgreSQL to RabbitMQ at their time, once.
 #[derive(Debug, Parser)]
@@ -32,6 +32,8 @@ pub enum Command {
     /// Deliver reminders: supervised actors that publish each reminder to
     /// RabbitMQ at its time. Serves /healthz and /readyz.
     Daemon(Box<DaemonArgs>),
+    /// Serve the games HTTP API: games and their reminder schedules.
+    Api(Box<ApiArgs>),
     /// Measure lateness, backlog drain against the broker's own rate, scale and
     /// memory, with the real daemon in a separate process (docs/BENCHMARKS.md).
     Bench(Box<BenchArgs>),
@@ -100,6 +102,7 @@ pub fn main() -> ExitCode {
 fn validate(command: &Command) -> Result<(), crate::config::ConflictError> {
     match command {
         Command::Daemon(args) => args.validate(),
+        Command::Api(args) => args.validate(),
         Command::Migrate(_) | Command::Bench(_) => Ok(()),
     }
 }
@@ -108,6 +111,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Migrate(args) => migrate(args).await,
         Command::Daemon(args) => daemon::run(*args).await,
+        Command::Api(args) => api::run(*args).await,
         Command::Bench(args) => bench::run(*args).await,
     }
 }

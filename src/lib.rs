@@ -2,22 +2,28 @@
 //! telemetry) around the actor system of the `actors` crate, and the binary's
 //! command line.
 //!
+//! - [`api`]: the games API's wiring and lifecycle.
 //! - [`bench`]: the benchmark harness (`notification-scheduler bench`).
 //! - [`config`]: every setting, its flag, variable and default.
 //! - [`cli`]: subcommands, start-up and exit codes.
+//! - [`games`]: games and their schedules, as the API reads and writes them.
 //! - [`db`]: connections, the pool, migrations and the daemon's queries.
 //! - [`broker`]: RabbitMQ connections, the publisher and the wire format.
 //! - [`daemon`]: the delivery daemon's wiring and lifecycle.
 //! - [`http`]: the health endpoints and the games API.
 //! - [`logging`]: log output.
+//! - [`schedule`]: keeping a game's reminders in step with the game.
 //! - [`shutdown`]: signal handling.
 
+pub mod api;
 pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod db;
+pub mod games;
 pub mod http;
 pub mod logging;
+pub mod schedule;
 pub mod shutdown;

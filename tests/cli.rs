@@ -139,3 +139,58 @@ fn help_never_shows_secret_values_from_the_environment() {
     );
     assert!(!String::from_utf8_lossy(&output.stdout).contains("hunter2"));
 }
+
+#[test]
+fn the_api_refuses_to_start_without_a_token_unless_told_it_is_insecure() {
+    let url = ("DATABASE_URL", "postgresql://app@127.0.0.1:1/app");
+    let output = run(&["api"], &[url]);
+    assert_config_error(&output, &["API_TOKEN", "--insecure-no-auth"]);
+    let output = run(&["api"], &[url, ("API_TOKEN", "short")]);
+    assert_config_error(&output, &["API_TOKEN", "16"]);
+    assert!(!stderr(&output).contains("short\""));
+    let output = run(
+        &[
+            "api",
+            "--insecure-no-auth",
+            "--database-connect-timeout",
+            "1s",
+        ],
+        &[url],
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "passes configuration, fails on the database"
+    );
+    assert!(stderr(&output).contains("127.0.0.1:1"));
+}
+
+#[test]
+fn the_daemon_rejects_a_claim_timeout_shorter_than_the_confirm_timeout() {
+    let output = run(
+        &[
+            "daemon",
+            "--claim-timeout",
+            "5s",
+            "--rabbitmq-confirm-timeout",
+            "10s",
+        ],
+        &[
+            ("DATABASE_URL", "postgresql://app@127.0.0.1:1/app"),
+            ("RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:1/%2f"),
+        ],
+    );
+    assert_config_error(&output, &["CLAIM_TIMEOUT", "RABBITMQ_CONFIRM_TIMEOUT"]);
+}
+
+#[test]
+fn bad_default_reminder_minutes_are_named() {
+    let output = run(
+        &["api", "--insecure-no-auth"],
+        &[
+            ("DATABASE_URL", "postgresql://app@127.0.0.1:1/app"),
+            ("DEFAULT_REMINDER_MINUTES", "60,60"),
+        ],
+    );
+    assert_config_error(&output, &["DEFAULT_REMINDER_MINUTES", "repeats 60"]);
+}

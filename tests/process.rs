@@ -2,59 +2,11 @@
 
 mod common;
 
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
+use common::process::{free_port, signal, spawn_daemon, stderr_of, wait_exit};
 use common::schedule::{backlog, count, wait_for};
 use common::{TestBroker, TestDb, WAIT};
-
-const BINARY: &str = env!("CARGO_BIN_EXE_notification-scheduler");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port()
-}
-
-/// Starts `notification-scheduler daemon` for the test database and exchange.
-fn spawn_daemon(db: &TestDb, broker: &TestBroker, health_port: u16, extra: &[&str]) -> Child {
-    Command::new(BINARY)
-        .arg("daemon")
-        .args(extra)
-        .env_clear()
-        .env("DATABASE_URL", &db.url)
-        .env("RABBITMQ_URL", &broker.url)
-        .env("RABBITMQ_EXCHANGE", &broker.exchange)
-        .env("HEALTH_ADDR", format!("127.0.0.1:{health_port}"))
-        .env("LOG_FORMAT", "json")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the daemon starts")
-}
-
-fn signal(child: &Child, name: &str) {
-    let status = Command::new("kill")
-        .args([format!("-{name}"), child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
-}
-
-async fn wait_exit(child: &mut Child) -> ExitStatus {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return status;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the daemon did not exit"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 async fn ready(port: u16) -> Option<serde_json::Value> {
     let response = reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
@@ -62,15 +14,6 @@ async fn ready(port: u16) -> Option<serde_json::Value> {
         .ok()?;
     (response.status() == 200).then_some(())?;
     response.json().await.ok()
-}
-
-fn stderr_of(child: &mut Child) -> String {
-    use std::io::Read;
-    let mut text = String::new();
-    if let Some(mut stderr) = child.stderr.take() {
-        let _ = stderr.read_to_string(&mut text);
-    }
-    text
 }
 
 #[tokio::test]

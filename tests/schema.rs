@@ -13,10 +13,10 @@ async fn migrations_apply_to_an_empty_database_and_rerunning_is_a_no_op() {
     let db = TestDb::empty().await;
     let mut client = db.client().await;
     let first = migrate::run(&mut client).await.expect("first run");
-    assert_eq!(first.applied, vec![1, 2, 3]);
+    assert_eq!(first.applied, vec![1, 2, 3, 4]);
     let second = migrate::run(&mut client).await.expect("second run");
     assert!(second.applied.is_empty());
-    assert_eq!(second.already_applied, 3);
+    assert_eq!(second.already_applied, 4);
     migrate::verify(&client).await.expect("schema is current");
 }
 
@@ -32,7 +32,7 @@ async fn concurrent_runs_apply_each_migration_once() {
         .into_iter()
         .map(|report| report.expect("every run succeeds").applied.len())
         .sum();
-    assert_eq!(applied, 3);
+    assert_eq!(applied, 4);
     let rows: i64 = db
         .client()
         .await
@@ -43,7 +43,7 @@ async fn concurrent_runs_apply_each_migration_once() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(rows, 3);
+    assert_eq!(rows, 4);
 }
 
 #[tokio::test]
@@ -401,7 +401,10 @@ async fn adopting_the_original_schema_keeps_every_instant_and_drops_its_row_trig
 async fn lookups_by_game_use_the_unique_index_which_leads_with_game_id() {
     let db = TestDb::migrated().await;
     let client = db.client().await;
-    client.batch_execute("SET enable_seqscan = off").await.unwrap();
+    client
+        .batch_execute("SET enable_seqscan = off")
+        .await
+        .unwrap();
     let plan: Vec<String> = client
         .query(
             "EXPLAIN SELECT * FROM notification_schedule WHERE game_id = $1",

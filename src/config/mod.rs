@@ -189,9 +189,9 @@ pub struct DaemonArgs {
     pub shutdown_grace: Duration,
 }
 
-/// A setting that conflicts with another.
+/// A setting that is missing or conflicts with another.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid {setting}: {reason}")]
+#[error("{setting} {reason}")]
 pub struct ConflictError {
     pub setting: &'static str,
     pub reason: String,
@@ -204,7 +204,7 @@ impl DaemonArgs {
             return Err(ConflictError {
                 setting: "CLAIM_TIMEOUT (--claim-timeout)",
                 reason: format!(
-                    "{:?} must exceed RABBITMQ_CONFIRM_TIMEOUT ({:?}), or a batch awaiting confirms could lose its claim",
+                    "is {:?}; it must exceed RABBITMQ_CONFIRM_TIMEOUT ({:?}), or a batch awaiting confirms could lose its claim",
                     self.claim_timeout, self.broker.rabbitmq_confirm_timeout
                 ),
             });
@@ -213,9 +213,60 @@ impl DaemonArgs {
             return Err(ConflictError {
                 setting: "RESTART_BACKOFF_MAX (--restart-backoff-max)",
                 reason: format!(
-                    "{:?} is below RESTART_BACKOFF_MIN ({:?})",
+                    "is {:?}, below RESTART_BACKOFF_MIN ({:?})",
                     self.restart_backoff_max, self.restart_backoff_min
                 ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Settings of `api`.
+#[derive(Debug, Clone, Args)]
+pub struct ApiArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+
+    /// Address the API listens on.
+    #[arg(long, env = "API_ADDR", default_value = "0.0.0.0:8000", value_parser = parse::listen_address)]
+    pub api_addr: SocketAddr,
+
+    /// Bearer token every /games and /schedule request must present (at least
+    /// 16 characters). Required unless --insecure-no-auth.
+    #[arg(long, env = "API_TOKEN", hide_env_values = true, value_parser = parse::token)]
+    pub api_token: Option<String>,
+
+    /// Serve without authentication. For local development only; logged loudly.
+    #[arg(long, env = "API_INSECURE_NO_AUTH", default_value_t = false, value_parser = parse::boolean, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub insecure_no_auth: bool,
+
+    /// Reminder minutes for games that do not set their own.
+    #[arg(long, env = "DEFAULT_REMINDER_MINUTES", default_value = "60,15", value_parser = parse::reminder_minutes)]
+    pub default_reminder_minutes: parse::ReminderMinutes,
+
+    /// Database connections the API may hold.
+    #[arg(long, env = "DATABASE_POOL_SIZE", default_value = "10", value_parser = parse::bounded_integer(1, 1_000))]
+    pub pool_size: u64,
+
+    /// Apply pending migrations at start instead of requiring `migrate` first.
+    #[arg(long, env = "MIGRATE_ON_START", default_value_t = false, value_parser = parse::boolean, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub migrate: bool,
+
+    /// On SIGTERM, how long requests in progress may take to finish.
+    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "10s", value_parser = parse::positive_duration)]
+    pub shutdown_grace: Duration,
+}
+
+impl ApiArgs {
+    /// The API refuses to start unprotected unless told to.
+    pub fn validate(&self) -> Result<(), ConflictError> {
+        if self.api_token.is_none() && !self.insecure_no_auth {
+            return Err(ConflictError {
+                setting: "API_TOKEN (--api-token)",
+                reason: "is missing: the API refuses to start without a bearer token \
+                         (set one of at least 16 characters, or pass --insecure-no-auth for local development)"
+                    .to_owned(),
             });
         }
         Ok(())

@@ -222,6 +222,17 @@ pub fn bounded_integer(min: u64, max: u64) -> impl Fn(&str) -> Result<u64, Strin
     }
 }
 
+/// A bearer token: 16 to 512 visible ASCII characters (never echoed back).
+pub fn token(raw: &str) -> Result<String, String> {
+    let length = raw.chars().count();
+    if !(16..=512).contains(&length) || !raw.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "the token (value hidden, {length} characters) must be 16 to 512 visible ASCII characters without spaces"
+        ));
+    }
+    Ok(raw.to_owned())
+}
+
 /// `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`).
 pub fn boolean(raw: &str) -> Result<bool, String> {
     match raw.trim().to_ascii_lowercase().as_str() {
@@ -231,8 +242,12 @@ pub fn boolean(raw: &str) -> Result<bool, String> {
     }
 }
 
+/// Distinct reminder offsets in minutes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReminderMinutes(pub Vec<i32>);
+
 /// A comma-separated list of distinct reminder offsets in minutes, e.g. `60,15`.
-pub fn reminder_minutes(raw: &str) -> Result<Vec<i32>, String> {
+pub fn reminder_minutes(raw: &str) -> Result<ReminderMinutes, String> {
     let expected =
         "expected distinct whole minutes from 0 to 10080 separated by commas, e.g. 60,15";
     let mut minutes = Vec::new();
@@ -252,7 +267,7 @@ pub fn reminder_minutes(raw: &str) -> Result<Vec<i32>, String> {
     if minutes.len() > 10 {
         return Err(format!("'{raw}' has more than 10 values; {expected}"));
     }
-    Ok(minutes)
+    Ok(ReminderMinutes(minutes))
 }
 
 /// An AMQP exchange or routing key name: 1 to 255 bytes of printable ASCII.
@@ -337,7 +352,10 @@ mod tests {
 
     #[test]
     fn reminder_minutes_are_distinct_and_bounded() {
-        assert_eq!(reminder_minutes("60, 15,0"), Ok(vec![60, 15, 0]));
+        assert_eq!(
+            reminder_minutes("60, 15,0"),
+            Ok(ReminderMinutes(vec![60, 15, 0]))
+        );
         assert!(
             reminder_minutes("60,60")
                 .unwrap_err()
@@ -347,6 +365,14 @@ mod tests {
         assert!(reminder_minutes("10081").unwrap_err().contains("10081"));
         assert!(reminder_minutes("a").unwrap_err().contains("'a'"));
         assert!(reminder_minutes("0,1,2,3,4,5,6,7,8,9,10").is_err());
+    }
+
+    #[test]
+    fn tokens_are_long_enough_and_never_echoed() {
+        assert!(token("0123456789abcdef").is_ok());
+        let err = token("short-secret").unwrap_err();
+        assert!(!err.contains("short-secret"), "{err}");
+        assert!(token("has a space in it, long enough").is_err());
     }
 
     #[test]

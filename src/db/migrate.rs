@@ -37,6 +37,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(1, "0001_game_sessions"),
     migration!(2, "0002_notification_schedule"),
     migration!(3, "0003_notify_trigger"),
+    migration!(4, "0004_trace_context"),
 ];
 
 /// Key of the advisory lock held while migrating ("notifsch" in ASCII).

@@ -153,7 +153,7 @@ fn reminder_from_row(row: &tokio_postgres::Row) -> DueReminder {
         stale: row.get(4),
         expires_in: expires_in_ms.map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
         lateness: Duration::from_micros(u64::try_from(lateness_us).unwrap_or(0)),
-        traceparent: None,
+        traceparent: row.get(7),
     }
 }
 

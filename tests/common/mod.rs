@@ -8,6 +8,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod api;
+pub mod process;
 pub mod proxy;
 pub mod schedule;
 

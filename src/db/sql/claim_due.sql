@@ -36,4 +36,5 @@ RETURNING s.id,
                                            s.notification_time + $2::bigint * interval '1 millisecond')
                                   - statement_timestamp()) * 1000)::bigint
           END AS expires_in_ms,
-          (extract(epoch FROM statement_timestamp() - s.notification_time) * 1000000)::bigint AS lateness_us
+          (extract(epoch FROM statement_timestamp() - s.notification_time) * 1000000)::bigint AS lateness_us,
+          s.traceparent

@@ -1,0 +1,69 @@
+//! `notification-scheduler api`: serves the games API until SIGTERM or SIGINT.
+
+use std::sync::Arc;
+
+use crate::config::ApiArgs;
+use crate::db::{self, migrate};
+use crate::http::api::{self, ApiState, BearerToken};
+use crate::shutdown;
+
+/// Runs the API until a shutdown signal, then lets requests in progress finish
+/// within the grace period.
+pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
+    let url = &args.database.database_url;
+    let mut client = db::connect(url, args.database.database_connect_timeout).await?;
+    if args.migrate {
+        migrate::run(&mut client).await?;
+    } else {
+        migrate::verify(&client).await?;
+    }
+    drop(client);
+    let token = match (&args.api_token, args.insecure_no_auth) {
+        (Some(token), _) => Some(BearerToken::new(token)),
+        (None, _) => {
+            tracing::error!(
+                "INSECURE: the API is serving WITHOUT AUTHENTICATION (--insecure-no-auth); \
+                 anyone who can reach {} can create, change and delete games",
+                args.api_addr
+            );
+            None
+        }
+    };
+    let state = ApiState {
+        pool: db::pool(
+            url,
+            usize::try_from(args.pool_size).unwrap_or(10),
+            args.database.database_connect_timeout,
+        ),
+        database_url: url.clone(),
+        default_minutes: Arc::from(args.default_reminder_minutes.0.as_slice()),
+    };
+    let listener = tokio::net::TcpListener::bind(args.api_addr)
+        .await
+        .map_err(|err| anyhow::anyhow!("cannot listen on {} for the API: {err}", args.api_addr))?;
+    tracing::info!(
+        address = %listener.local_addr()?,
+        database = url.masked(),
+        default_reminder_minutes = ?args.default_reminder_minutes.0,
+        "API listening"
+    );
+    let mut signal = shutdown::Signal::install()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, api::router(state, token)).with_graceful_shutdown(async {
+        let _ = stopped.await;
+    });
+    let mut server = std::pin::pin!(server.into_future());
+    tokio::select! {
+        result = &mut server => return result.map_err(Into::into),
+        () = signal.received() => {}
+    }
+    let _ = stop.send(());
+    if tokio::time::timeout(args.shutdown_grace, server)
+        .await
+        .is_err()
+    {
+        tracing::warn!(grace = ?args.shutdown_grace, "requests still running after the grace period were cut off");
+    }
+    tracing::info!("API stopped");
+    Ok(())
+}

@@ -1,0 +1,299 @@
+//! Games and their schedules in PostgreSQL: what the API reads and writes.
+//! Every write runs in one transaction with its schedule change.
+
+use chrono::{DateTime, Utc};
+use deadpool_postgres::Object;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use crate::schedule::{self, GameTime, ScheduleError, ScheduleResult};
+
+/// A failed game operation.
+#[derive(Debug, thiserror::Error)]
+pub enum GameError {
+    #[error(transparent)]
+    Schedule(#[from] ScheduleError),
+    #[error("{context}: {source}")]
+    Database {
+        context: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+fn failed(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> GameError {
+    move |source| GameError::Database { context, source }
+}
+
+/// A game as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Game {
+    pub id: Uuid,
+    pub title: String,
+    pub scheduled_at: DateTime<Utc>,
+    /// `None`: the configured default minutes apply.
+    pub reminder_minutes: Option<Vec<i32>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const GAME_COLUMNS: &str = "id, title, scheduled_at, reminder_minutes, created_at, updated_at";
+
+fn game_from_row(row: &Row) -> Game {
+    Game {
+        id: row.get(0),
+        title: row.get(1),
+        scheduled_at: row.get(2),
+        reminder_minutes: row.get(3),
+        created_at: row.get(4),
+        updated_at: row.get(5),
+    }
+}
+
+/// A reminder row of a game.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReminderRow {
+    pub id: Uuid,
+    pub reminder_minutes: i32,
+    pub notification_time: DateTime<Utc>,
+    pub sent: bool,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub outcome: Option<String>,
+}
+
+/// A pending reminder across all games.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpcomingReminder {
+    pub id: Uuid,
+    pub game_id: Uuid,
+    pub title: String,
+    pub reminder_minutes: i32,
+    pub notification_time: DateTime<Utc>,
+}
+
+/// A new game.
+#[derive(Debug, Clone)]
+pub struct NewGame {
+    pub title: String,
+    pub scheduled_at: DateTime<Utc>,
+    pub reminder_minutes: Option<Vec<i32>>,
+}
+
+/// Changes to a game; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct GameChanges {
+    pub title: Option<String>,
+    pub scheduled_at: Option<DateTime<Utc>>,
+    /// `Some(None)` returns the game to the configured default minutes.
+    pub reminder_minutes: Option<Option<Vec<i32>>>,
+}
+
+/// Which games to list: scheduled in `[from, to)`, after the cursor, in
+/// (scheduled_at, id) order.
+#[derive(Debug, Clone, Default)]
+pub struct GameFilter {
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    pub after: Option<(DateTime<Utc>, Uuid)>,
+    pub limit: i64,
+}
+
+/// Creates a game and its schedule. Minutes come from the game, else `defaults`.
+pub async fn create(
+    client: &mut Object,
+    game: &NewGame,
+    defaults: &[i32],
+    traceparent: Option<&str>,
+) -> Result<(Game, ScheduleResult), GameError> {
+    let tx = client
+        .transaction()
+        .await
+        .map_err(failed("starting a transaction"))?;
+    let row = tx
+        .query_one(
+            &format!(
+                "INSERT INTO game_sessions (title, scheduled_at, reminder_minutes) \
+                 VALUES ($1, $2, $3) RETURNING {GAME_COLUMNS}"
+            ),
+            &[&game.title, &game.scheduled_at, &game.reminder_minutes],
+        )
+        .await
+        .map_err(failed("creating the game"))?;
+    let created = game_from_row(&row);
+    let minutes = created.reminder_minutes.as_deref().unwrap_or(defaults);
+    let result = schedule::populate(&tx, game_time(&created), minutes, traceparent).await?;
+    tx.commit().await.map_err(failed("committing the game"))?;
+    Ok((created, result))
+}
+
+/// A game and its reminder rows, if it exists.
+pub async fn get(client: &Object, id: Uuid) -> Result<Option<(Game, Vec<ReminderRow>)>, GameError> {
+    let Some(row) = client
+        .query_opt(
+            &format!("SELECT {GAME_COLUMNS} FROM game_sessions WHERE id = $1"),
+            &[&id],
+        )
+        .await
+        .map_err(failed("reading the game"))?
+    else {
+        return Ok(None);
+    };
+    let reminders = reminders(client, id).await?;
+    Ok(Some((game_from_row(&row), reminders)))
+}
+
+async fn reminders(client: &Object, game_id: Uuid) -> Result<Vec<ReminderRow>, GameError> {
+    Ok(client
+        .query(
+            "SELECT id, reminder_minutes, notification_time, sent, sent_at, outcome \
+               FROM notification_schedule WHERE game_id = $1 ORDER BY notification_time",
+            &[&game_id],
+        )
+        .await
+        .map_err(failed("reading the game's reminders"))?
+        .iter()
+        .map(|row| ReminderRow {
+            id: row.get(0),
+            reminder_minutes: row.get(1),
+            notification_time: row.get(2),
+            sent: row.get(3),
+            sent_at: row.get(4),
+            outcome: row.get(5),
+        })
+        .collect())
+}
+
+/// Games matching the filter.
+pub async fn list(client: &Object, filter: &GameFilter) -> Result<Vec<Game>, GameError> {
+    let (after_time, after_id) = filter.after.unzip();
+    Ok(client
+        .query(
+            &format!(
+                "SELECT {GAME_COLUMNS} FROM game_sessions \
+                  WHERE ($1::timestamptz IS NULL OR scheduled_at >= $1) \
+                    AND ($2::timestamptz IS NULL OR scheduled_at < $2) \
+                    AND ($3::timestamptz IS NULL OR (scheduled_at, id) > ($3, $4::uuid)) \
+                  ORDER BY scheduled_at, id LIMIT $5"
+            ),
+            &[
+                &filter.from,
+                &filter.to,
+                &after_time,
+                &after_id,
+                &filter.limit,
+            ],
+        )
+        .await
+        .map_err(failed("listing games"))?
+        .iter()
+        .map(game_from_row)
+        .collect())
+}
+
+/// Applies changes to a game and brings its schedule in line; `None` if the
+/// game does not exist.
+pub async fn update(
+    client: &mut Object,
+    id: Uuid,
+    changes: &GameChanges,
+    defaults: &[i32],
+    traceparent: Option<&str>,
+) -> Result<Option<(Game, ScheduleResult)>, GameError> {
+    let tx = client
+        .transaction()
+        .await
+        .map_err(failed("starting a transaction"))?;
+    let Some(row) = tx
+        .query_opt(
+            &format!("SELECT {GAME_COLUMNS} FROM game_sessions WHERE id = $1 FOR UPDATE"),
+            &[&id],
+        )
+        .await
+        .map_err(failed("reading the game"))?
+    else {
+        return Ok(None);
+    };
+    let before = game_from_row(&row);
+    let minutes = match &changes.reminder_minutes {
+        Some(minutes) => minutes.clone(),
+        None => before.reminder_minutes.clone(),
+    };
+    let row = tx
+        .query_one(
+            &format!(
+                "UPDATE game_sessions SET title = $2, scheduled_at = $3, reminder_minutes = $4, \
+                        updated_at = now() \
+                  WHERE id = $1 RETURNING {GAME_COLUMNS}"
+            ),
+            &[
+                &id,
+                changes.title.as_ref().unwrap_or(&before.title),
+                &changes.scheduled_at.unwrap_or(before.scheduled_at),
+                &minutes,
+            ],
+        )
+        .await
+        .map_err(failed("updating the game"))?;
+    let after = game_from_row(&row);
+    let schedule_changed = after.scheduled_at != before.scheduled_at
+        || effective(&after, defaults) != effective(&before, defaults);
+    let result = if schedule_changed {
+        let minutes = effective(&after, defaults);
+        schedule::update(&tx, game_time(&after), minutes, traceparent).await?
+    } else {
+        ScheduleResult::default()
+    };
+    tx.commit().await.map_err(failed("committing the game"))?;
+    Ok(Some((after, result)))
+}
+
+/// Deletes a game and its schedule; `false` if it did not exist.
+pub async fn delete(client: &mut Object, id: Uuid) -> Result<bool, GameError> {
+    let tx = client
+        .transaction()
+        .await
+        .map_err(failed("starting a transaction"))?;
+    schedule::clear(&tx, id).await?;
+    let deleted = tx
+        .execute("DELETE FROM game_sessions WHERE id = $1", &[&id])
+        .await
+        .map_err(failed("deleting the game"))?;
+    tx.commit()
+        .await
+        .map_err(failed("committing the deletion"))?;
+    Ok(deleted == 1)
+}
+
+/// The next pending reminders across all games.
+pub async fn upcoming(client: &Object, limit: i64) -> Result<Vec<UpcomingReminder>, GameError> {
+    Ok(client
+        .query(
+            "SELECT s.id, s.game_id, g.title, s.reminder_minutes, s.notification_time \
+               FROM notification_schedule s JOIN game_sessions g ON g.id = s.game_id \
+              WHERE NOT s.sent ORDER BY s.notification_time LIMIT $1",
+            &[&limit],
+        )
+        .await
+        .map_err(failed("reading upcoming reminders"))?
+        .iter()
+        .map(|row| UpcomingReminder {
+            id: row.get(0),
+            game_id: row.get(1),
+            title: row.get(2),
+            reminder_minutes: row.get(3),
+            notification_time: row.get(4),
+        })
+        .collect())
+}
+
+/// The minutes that apply to a game: its own, else the defaults.
+pub fn effective<'a>(game: &'a Game, defaults: &'a [i32]) -> &'a [i32] {
+    game.reminder_minutes.as_deref().unwrap_or(defaults)
+}
+
+fn game_time(game: &Game) -> GameTime {
+    GameTime {
+        game_id: game.id,
+        scheduled_at: game.scheduled_at,
+    }
+}

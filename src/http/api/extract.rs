@@ -1,0 +1,178 @@
+//! Request extraction with the API's error body for every failure: JSON
+//! bodies (content type, size, syntax, types, unknown fields), ids in the
+//! path, query parameters.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+
+use super::error::ApiError;
+
+/// Largest accepted request body.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// A JSON body deserialized into `T` (which should deny unknown fields).
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let content_type = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or("");
+        let media_type = content_type.split(';').next().unwrap_or("").trim();
+        if !media_type.eq_ignore_ascii_case("application/json") {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!(
+                    "expected Content-Type: application/json, got {}",
+                    if content_type.is_empty() {
+                        "none"
+                    } else {
+                        content_type
+                    }
+                ),
+            ));
+        }
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "payload_too_large",
+                        format!("the body is larger than {MAX_BODY_BYTES} bytes"),
+                    )
+                } else {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "unreadable_body",
+                        rejection.body_text(),
+                    )
+                }
+            })?;
+        decode(&bytes).map(JsonBody)
+    }
+}
+
+/// Decodes a JSON object, naming the field at fault in the error.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // serde would accept an array for a struct, field by position; a request
+    // body that is not an object is a mistake.
+    let first = bytes.iter().find(|byte| !byte.is_ascii_whitespace());
+    if first.is_some_and(|byte| *byte != b'{') {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_type",
+            "the body must be a JSON object",
+        ));
+    }
+    let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(deserializer).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.inner();
+        let message = inner.to_string();
+        let (code, field) = match inner.classify() {
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                ("malformed_json", None)
+            }
+            serde_json::error::Category::Io => ("unreadable_body", None),
+            serde_json::error::Category::Data if message.starts_with("unknown field") => {
+                ("unknown_field", field_name(&message).or(Some(path)))
+            }
+            serde_json::error::Category::Data if message.starts_with("missing field") => {
+                ("missing_field", field_name(&message))
+            }
+            serde_json::error::Category::Data => ("invalid_type", (path != ".").then_some(path)),
+        };
+        let error = ApiError::new(StatusCode::BAD_REQUEST, code, message);
+        match field {
+            Some(field) => error.field(field),
+            None => error,
+        }
+    })
+}
+
+/// The name between backticks in serde's "unknown field `x`" messages.
+fn field_name(message: &str) -> Option<String> {
+    let start = message.find('`')? + 1;
+    let end = start + message[start..].find('`')?;
+    Some(message[start..end].to_owned())
+}
+
+/// A UUID from the `{id}` path segment.
+pub struct PathId(pub Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|rejection| {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", rejection.body_text())
+            })?;
+        raw.parse().map(PathId).map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_id",
+                format!(
+                    "'{}' is not a UUID",
+                    actors::model::truncate_for_log(&raw, 64)
+                ),
+            )
+            .field("id")
+        })
+    }
+}
+
+/// Query parameters, checked against the names an endpoint accepts.
+pub struct QueryParams(pub HashMap<String, String>);
+
+impl QueryParams {
+    /// Fails on a parameter not in `allowed`.
+    pub fn only(self, allowed: &[&str]) -> Result<Self, ApiError> {
+        if let Some(unknown) = self.0.keys().find(|key| !allowed.contains(&key.as_str())) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "unknown_parameter",
+                format!(
+                    "unknown query parameter; expected one of {}",
+                    allowed.join(", ")
+                ),
+            )
+            .field(actors::model::truncate_for_log(unknown, 64)));
+        }
+        Ok(self)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Query(params) = Query::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map_err(|rejection| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_query",
+                    rejection.body_text(),
+                )
+            })?;
+        Ok(Self(params))
+    }
+}

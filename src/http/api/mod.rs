@@ -1,0 +1,142 @@
+//! The games HTTP API (axum): routes, shared state, OpenAPI document.
+//!
+//! `/games` and `/schedule` need a bearer token; `/openapi.json`, `/healthz`
+//! and `/readyz` do not.
+
+mod auth;
+mod error;
+mod extract;
+mod games;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router, middleware};
+use deadpool_postgres::{Object, Pool};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+pub use auth::BearerToken;
+pub use error::{ApiError, ErrorBody};
+
+use crate::config::DatabaseUrl;
+
+/// What every handler needs.
+#[derive(Clone)]
+pub struct ApiState {
+    pub pool: Pool,
+    pub database_url: DatabaseUrl,
+    /// Minutes for games that have none of their own.
+    pub default_minutes: Arc<[i32]>,
+}
+
+impl ApiState {
+    async fn connection(&self) -> Result<Object, ApiError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|err| ApiError::unavailable(&crate::db::pool_error(&self.database_url, err)))
+    }
+}
+
+/// The OpenAPI document, generated from the handlers and types.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "notification-scheduler games API",
+        description = "Games and their reminder schedules. Every change to a game keeps its reminders in step, in one transaction."
+    ),
+    paths(
+        games::create_game,
+        games::list_games,
+        games::get_game,
+        games::update_game,
+        games::delete_game,
+        games::upcoming
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "games", description = "Games and their reminders"),
+        (name = "schedule", description = "The delivery schedule across games")
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// Every route of the API. `token: None` serves without authentication (the
+/// insecure development mode).
+pub fn router(state: ApiState, token: Option<BearerToken>) -> Router {
+    let protected = Router::new()
+        .route("/games", get(games::list_games).post(games::create_game))
+        .route(
+            "/games/{id}",
+            get(games::get_game)
+                .patch(games::update_game)
+                .delete(games::delete_game),
+        )
+        .route("/schedule/upcoming", get(games::upcoming))
+        .route_layer(middleware::from_fn_with_state(token, auth::require_token));
+    Router::new()
+        .merge(protected)
+        .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({ "status": "alive" })) }),
+        )
+        .route("/readyz", get(ready))
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this endpoint",
+            )
+        })
+        .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
+        .layer(middleware::from_fn(crate::http::request_log::record))
+        .with_state(state)
+}
+
+/// 200 when the database answers within a second, 503 otherwise.
+async fn ready(State(state): State<ApiState>) -> impl IntoResponse {
+    let check = async {
+        let client = state.connection().await.map_err(|err| err.body.message)?;
+        client
+            .simple_query("SELECT 1")
+            .await
+            .map_err(|err| crate::db::describe(&err))?;
+        Ok::<(), String>(())
+    };
+    match tokio::time::timeout(Duration::from_secs(1), check).await {
+        Ok(Ok(())) => (StatusCode::OK, Json(serde_json::json!({ "ready": true }))),
+        Ok(Err(detail)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(
+                serde_json::json!({ "ready": false, "database": { "ready": false, "detail": detail } }),
+            ),
+        ),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(
+                serde_json::json!({ "ready": false, "database": { "ready": false, "detail": "no answer within 1s" } }),
+            ),
+        ),
+    }
+}
