@@ -10,8 +10,9 @@ use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::bench::BenchArgs;
-use crate::config::{ApiArgs, DaemonArgs, DatabaseArgs, LoggingArgs};
-use crate::{api, bench, daemon, db, logging};
+use crate::config::{ApiArgs, DaemonArgs, DatabaseArgs, HealthcheckArgs, LoggingArgs, WatchArgs};
+use crate::http::probe;
+use crate::{api, bench, daemon, db, logging, watch};
 
 /// Delivers reminders stored in PostgreSQL to RabbitMQ at their time, once.
 #[derive(Debug, Parser)]
@@ -34,6 +35,11 @@ pub enum Command {
     Daemon(Box<DaemonArgs>),
     /// Serve the games HTTP API: games and their reminder schedules.
     Api(Box<ApiArgs>),
+    /// Print each reminder event as it is delivered (binds a temporary queue).
+    Watch(WatchArgs),
+    /// Exit 0 if a local health endpoint answers 200, else 1 (for container
+    /// health checks; needs no curl).
+    Healthcheck(HealthcheckArgs),
     /// Measure lateness, backlog drain against the broker's own rate, scale and
     /// memory, with the real daemon in a separate process (docs/BENCHMARKS.md).
     Bench(Box<BenchArgs>),
@@ -103,7 +109,9 @@ fn validate(command: &Command) -> Result<(), crate::config::ConflictError> {
     match command {
         Command::Daemon(args) => args.validate(),
         Command::Api(args) => args.validate(),
-        Command::Migrate(_) | Command::Bench(_) => Ok(()),
+        Command::Migrate(_) | Command::Bench(_) | Command::Watch(_) | Command::Healthcheck(_) => {
+            Ok(())
+        }
     }
 }
 
@@ -112,6 +120,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Migrate(args) => migrate(args).await,
         Command::Daemon(args) => daemon::run(*args).await,
         Command::Api(args) => api::run(*args).await,
+        Command::Watch(args) => watch::run(args).await,
+        Command::Healthcheck(args) => healthcheck(args).await,
         Command::Bench(args) => bench::run(*args).await,
     }
 }
@@ -127,6 +137,15 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
         "database schema is up to date"
     );
     Ok(())
+}
+
+async fn healthcheck(args: HealthcheckArgs) -> anyhow::Result<()> {
+    let address = probe::local(args.health_addr);
+    match probe::status(address, &args.path, std::time::Duration::from_secs(3)).await {
+        Some(200) => Ok(()),
+        Some(status) => anyhow::bail!("http://{address}{} answered {status}", args.path),
+        None => anyhow::bail!("no answer from http://{address}{}", args.path),
+    }
 }
 
 /// Renders a clap error as one line that names the setting by its environment

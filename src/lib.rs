@@ -14,6 +14,7 @@
 //! - [`logging`]: log output.
 //! - [`schedule`]: keeping a game's reminders in step with the game.
 //! - [`shutdown`]: signal handling.
+//! - [`watch`]: printing delivered events (`watch` subcommand).
 
 pub mod api;
 pub mod bench;
@@ -27,3 +28,4 @@ pub mod http;
 pub mod logging;
 pub mod schedule;
 pub mod shutdown;
+pub mod watch;

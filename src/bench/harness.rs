@@ -139,7 +139,10 @@ impl DaemonProcess {
     pub async fn ready(&self, within: Duration) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            if http_status(self.health_port, "/readyz").await == Some(200) {
+            let address = std::net::SocketAddr::from(([127, 0, 0, 1], self.health_port));
+            if crate::http::probe::status(address, "/readyz", Duration::from_secs(1)).await
+                == Some(200)
+            {
                 return Ok(());
             }
             if tokio::time::Instant::now() > deadline {
@@ -173,19 +176,6 @@ impl DaemonProcess {
         }
         Ok(peak)
     }
-}
-
-/// The status code of a plain HTTP/1.1 GET on localhost.
-async fn http_status(port: u16, path: &str) -> Option<u16> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut head = [0u8; 12];
-    stream.read_exact(&mut head).await.ok()?;
-    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
 }
 
 /// Receives until every id of `expected` has arrived (then `quiet` longer, to

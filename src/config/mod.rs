@@ -272,3 +272,32 @@ impl ApiArgs {
         Ok(())
     }
 }
+
+/// Settings of `healthcheck`.
+#[derive(Debug, Clone, Args)]
+pub struct HealthcheckArgs {
+    /// Address of the server to probe; a wildcard address means this host.
+    /// Defaults to HEALTH_ADDR, the daemon's health server.
+    #[arg(long, env = "HEALTH_ADDR", default_value = "0.0.0.0:8080", value_parser = parse::listen_address)]
+    pub health_addr: SocketAddr,
+
+    /// Path to probe: /healthz (alive) or /readyz (dependencies working).
+    #[arg(long, default_value = "/healthz")]
+    pub path: String,
+}
+
+/// Settings of `watch`.
+#[derive(Debug, Clone, Args)]
+pub struct WatchArgs {
+    /// RabbitMQ URL, amqp://user:password@host:port/vhost.
+    #[arg(long, env = "RABBITMQ_URL", hide_env_values = true, value_name = "URL")]
+    pub rabbitmq_url: BrokerUrl,
+
+    /// Exchange to watch.
+    #[arg(long, env = "RABBITMQ_EXCHANGE", default_value = "game_scheduler", value_parser = parse::amqp_name)]
+    pub rabbitmq_exchange: String,
+
+    /// Routing key (pattern) to bind the temporary queue with.
+    #[arg(long, env = "RABBITMQ_ROUTING_KEY", default_value = "game.reminder_due", value_parser = parse::amqp_name)]
+    pub rabbitmq_routing_key: String,
+}

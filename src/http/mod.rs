@@ -2,4 +2,5 @@
 
 pub mod api;
 pub mod health;
+pub mod probe;
 pub mod request_log;

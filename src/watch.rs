@@ -1,0 +1,41 @@
+//! `notification-scheduler watch`: binds a temporary queue to the reminder
+//! exchange and prints each event as it is delivered, until Ctrl-C.
+
+use crate::broker::consumer::{QueueKind, ReminderConsumer};
+use crate::config::WatchArgs;
+use crate::shutdown;
+
+/// Prints one line per delivered message: receive time, message id, lateness
+/// is left to the reader; the body is printed as sent.
+pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
+    let mut consumer = ReminderConsumer::bind(
+        &args.rabbitmq_url,
+        &args.rabbitmq_exchange,
+        &args.rabbitmq_routing_key,
+        QueueKind::Temporary,
+        100,
+    )
+    .await?;
+    eprintln!(
+        "watching exchange '{}' (routing key '{}') on {}; Ctrl-C to stop",
+        args.rabbitmq_exchange,
+        args.rabbitmq_routing_key,
+        args.rabbitmq_url.masked()
+    );
+    let mut signal = shutdown::Signal::install()?;
+    loop {
+        tokio::select! {
+            () = signal.received() => return Ok(()),
+            message = consumer.next() => match message {
+                Some(Ok(message)) => println!(
+                    "{} message_id={} {}",
+                    message.received_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                    message.message_id.as_deref().unwrap_or("-"),
+                    String::from_utf8_lossy(&message.body)
+                ),
+                Some(Err(err)) => anyhow::bail!("the broker connection failed: {err}"),
+                None => anyhow::bail!("the broker closed the connection"),
+            },
+        }
+    }
+}
