@@ -12,7 +12,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use crate::bench::BenchArgs;
 use crate::config::{ApiArgs, DaemonArgs, DatabaseArgs, HealthcheckArgs, LoggingArgs, WatchArgs};
 use crate::http::probe;
-use crate::{api, bench, daemon, db, logging, watch};
+use crate::{api, bench, daemon, db, telemetry, watch};
 
 /// Delivers reminders stored in PostgreSQL to RabbitMQ at their time, once.
 #[derive(Debug, Parser)]
@@ -77,10 +77,6 @@ pub fn main() -> ExitCode {
         eprintln!("error: {err}");
         return ExitCode::from(EXIT_CONFIG);
     }
-    if let Err(message) = logging::init(&cli.logging) {
-        eprintln!("error: {message}");
-        return ExitCode::from(EXIT_CONFIG);
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         // At least two workers even on a one-CPU container: exporters and the
         // delivery path must not wait behind each other.
@@ -94,14 +90,25 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(run(cli.command));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
+    runtime.block_on(async {
+        // The gRPC exporter needs the runtime, so telemetry starts inside it.
+        let telemetry = match telemetry::init(&cli.logging) {
+            Ok(telemetry) => telemetry,
+            Err(message) => {
+                eprintln!("error: {message}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
+        let result = run(cli.command).await;
+        if let Err(err) = &result {
             tracing::error!("{err:#}");
-            ExitCode::FAILURE
         }
-    }
+        telemetry.shutdown().await;
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(_) => ExitCode::FAILURE,
+        }
+    })
 }
 
 /// Checks settings that depend on each other, which clap cannot.

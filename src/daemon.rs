@@ -19,15 +19,8 @@ use crate::db::change_feed::{ChangeFeedSettings, PgChangeFeed};
 use crate::db::schedule_store::{PgScheduleStore, StoreSettings};
 use crate::db::{self, migrate};
 use crate::http::health;
+use crate::maintenance::{self, Maintenance};
 use crate::shutdown;
-
-/// A name for this process in broker connection lists and telemetry.
-pub fn instance_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|name| name.trim().to_owned())
-        .unwrap_or_else(|_| "unknown-host".to_owned());
-    format!("{host}:{}", std::process::id())
-}
 
 /// Runs the daemon until a shutdown signal; returns an error only for a
 /// failure that restarting cannot fix (schema missing, configuration mismatch).
@@ -55,6 +48,7 @@ pub struct RunningDaemon {
     health_server: JoinHandle<std::io::Result<()>>,
     fatal: watch::Receiver<Option<String>>,
     grace: Duration,
+    maintenance: Maintenance,
     /// Where /healthz and /readyz are served.
     pub health_addr: SocketAddr,
     /// Dependency states, as /readyz reports them.
@@ -74,7 +68,7 @@ impl RunningDaemon {
             async move { axum::serve(health, router).await }
         });
         let (fatal_sender, fatal) = watch::channel(None);
-        let instance = instance_id();
+        let instance = crate::telemetry::instance_id();
         let supervisor_args = SupervisorArgs {
             store: store(args),
             broker: Arc::new(LapinConnector::new(PublisherSettings {
@@ -95,7 +89,6 @@ impl RunningDaemon {
             settings: supervisor_settings(args),
             readiness: readiness.clone(),
             fatal: fatal_sender,
-            on_restart: None,
         };
         let (supervisor, supervisor_done) =
             Actor::spawn(None, DaemonSupervisor::default(), supervisor_args).await?;
@@ -105,7 +98,7 @@ impl RunningDaemon {
             exchange = args.broker.rabbitmq_exchange.as_str(),
             routing_key = args.broker.rabbitmq_routing_key.as_str(),
             health = %health_addr,
-            instance = instance.as_str(),
+            instance,
             "daemon started"
         );
         Ok(Self {
@@ -114,6 +107,7 @@ impl RunningDaemon {
             health_server,
             fatal,
             grace: args.shutdown_grace,
+            maintenance: maintenance::start(args),
             health_addr,
             readiness,
         })
@@ -133,6 +127,7 @@ impl RunningDaemon {
     /// closes every connection.
     pub async fn shutdown(self) {
         tracing::info!("shutting down: letting claimed batches settle");
+        drop(self.maintenance);
         let grace = self.grace;
         let _ = self
             .supervisor

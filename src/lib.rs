@@ -11,9 +11,10 @@
 //! - [`broker`]: RabbitMQ connections, the publisher and the wire format.
 //! - [`daemon`]: the delivery daemon's wiring and lifecycle.
 //! - [`http`]: the health endpoints and the games API.
-//! - [`logging`]: log output.
+//! - [`maintenance`]: retention of sent rows, schedule observations.
 //! - [`schedule`]: keeping a game's reminders in step with the game.
 //! - [`shutdown`]: signal handling.
+//! - [`telemetry`]: logs, OpenTelemetry traces and metrics.
 //! - [`watch`]: printing delivered events (`watch` subcommand).
 
 pub mod api;
@@ -25,7 +26,8 @@ pub mod daemon;
 pub mod db;
 pub mod games;
 pub mod http;
-pub mod logging;
+pub mod maintenance;
 pub mod schedule;
 pub mod shutdown;
+pub mod telemetry;
 pub mod watch;

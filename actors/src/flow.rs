@@ -22,11 +22,15 @@ impl Default for FlowControl {
 impl FlowControl {
     /// Records the broker's flow state; returns whether it changed.
     pub fn set_blocked(&self, blocked: bool) -> bool {
-        self.blocked.send_if_modified(|current| {
+        let changed = self.blocked.send_if_modified(|current| {
             let changed = *current != blocked;
             *current = blocked;
             changed
-        })
+        });
+        if changed {
+            crate::metrics::broker_blocked(blocked);
+        }
+        changed
     }
 
     /// Whether publishing is paused now.

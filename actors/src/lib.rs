@@ -14,6 +14,7 @@
 pub mod backoff;
 pub mod flow;
 pub mod listener;
+pub mod metrics;
 pub mod model;
 pub mod peers;
 pub mod ports;
@@ -23,3 +24,4 @@ pub mod scheduler;
 pub mod supervisor;
 #[cfg(test)]
 pub mod testing;
+pub mod trace_context;

@@ -187,6 +187,20 @@ pub struct DaemonArgs {
     /// Keep it below the orchestrator's kill timeout.
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "10s", value_parser = parse::positive_duration)]
     pub shutdown_grace: Duration,
+
+    /// Sent and skipped reminders older than this are deleted, in small
+    /// batches, so the table does not grow without bound. 0s keeps them forever.
+    #[arg(long, env = "RETENTION", default_value = "7d", value_parser = parse::duration)]
+    pub retention: Duration,
+
+    /// Period of the retention sweep.
+    #[arg(long, env = "RETENTION_INTERVAL", default_value = "10m", value_parser = parse::positive_duration)]
+    pub retention_interval: Duration,
+
+    /// Period of the pending, overdue and next-due observations (one query;
+    /// made only when metrics are exported).
+    #[arg(long, env = "SCHEDULE_OBSERVE_INTERVAL", default_value = "15s", value_parser = parse::positive_duration)]
+    pub schedule_observe_interval: Duration,
 }
 
 /// A setting that is missing or conflicts with another.

@@ -9,6 +9,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod api;
+pub mod otlp;
 pub mod process;
 pub mod proxy;
 pub mod schedule;

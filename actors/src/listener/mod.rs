@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::model::ChangeHint;
 use crate::peers::Peers;
@@ -70,7 +71,11 @@ impl<C: ChangeFeedConnector> Actor for ListenerActor<C> {
         myself: ActorRef<ListenerMessage>,
         args: ListenerArgs<C>,
     ) -> Result<ListenerState<C>, ActorProcessingErr> {
-        let (session, mut events) = args.connector.connect().await?;
+        let (session, mut events) = args
+            .connector
+            .connect()
+            .instrument(tracing::info_span!("listener connect"))
+            .await?;
         let forwarder = {
             let myself = myself.clone();
             tokio::spawn(async move {

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::flow::FlowControl;
 use crate::model::{DueReminder, PublishOutcome};
@@ -27,6 +28,8 @@ pub enum PublisherMessage {
     Publish {
         reminders: Vec<DueReminder>,
         reply: RpcReplyPort<Vec<PublishOutcome>>,
+        /// The batch's span, parent of the publish and confirm spans.
+        span: tracing::Span,
     },
     /// From the session's event task: flow control or the loss of the connection.
     Broker(BrokerEvent),
@@ -75,7 +78,11 @@ impl<C: BrokerConnector> Actor for PublisherActor<C> {
         myself: ActorRef<PublisherMessage>,
         args: PublisherArgs<C>,
     ) -> Result<PublisherState<C>, ActorProcessingErr> {
-        let (session, mut events) = args.connector.connect().await?;
+        let (session, mut events) = args
+            .connector
+            .connect()
+            .instrument(tracing::info_span!("publisher connect"))
+            .await?;
         let events = tokio::spawn(async move {
             while let Some(event) = events.recv().await {
                 if myself
@@ -101,22 +108,43 @@ impl<C: BrokerConnector> Actor for PublisherActor<C> {
         state: &mut PublisherState<C>,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            PublisherMessage::Publish { reminders, reply } => {
+            PublisherMessage::Publish {
+                reminders,
+                reply,
+                span,
+            } => {
                 let count = reminders.len();
-                let confirms = state.session.publish(reminders);
+                let confirms = tracing::info_span!(parent: &span, "publish", batch.size = count)
+                    .in_scope(|| state.session.publish(reminders));
                 let timeout = state.confirm_timeout;
                 let flow = state.flow.clone();
-                tokio::spawn(async move {
-                    let outcomes = match await_confirms(confirms, timeout, &flow).await {
-                        Some(outcomes) => outcomes,
-                        None => {
-                            let _ = myself.send_message(PublisherMessage::ConfirmsTimedOut);
-                            let reason = format!("no confirm from the broker within {timeout:?}");
-                            vec![PublishOutcome::Unknown(reason); count]
-                        }
-                    };
-                    let _ = reply.send(outcomes);
-                });
+                let confirm_span = tracing::info_span!(
+                    parent: &span,
+                    "confirm",
+                    confirmed = tracing::field::Empty,
+                    timed_out = false,
+                );
+                tokio::spawn(
+                    async move {
+                        let outcomes = match await_confirms(confirms, timeout, &flow).await {
+                            Some(outcomes) => outcomes,
+                            None => {
+                                tracing::Span::current().record("timed_out", true);
+                                let _ = myself.send_message(PublisherMessage::ConfirmsTimedOut);
+                                let reason =
+                                    format!("no confirm from the broker within {timeout:?}");
+                                vec![PublishOutcome::Unknown(reason); count]
+                            }
+                        };
+                        let confirmed = outcomes
+                            .iter()
+                            .filter(|outcome| **outcome == PublishOutcome::Confirmed)
+                            .count();
+                        tracing::Span::current().record("confirmed", confirmed);
+                        let _ = reply.send(outcomes);
+                    }
+                    .instrument(confirm_span),
+                );
             }
             PublisherMessage::Broker(BrokerEvent::Blocked(reason)) => {
                 if state.flow.set_blocked(true) {

@@ -18,6 +18,7 @@ use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 pub use round::RoundOutcome;
 use round::{InFlight, RoundContext};
@@ -157,13 +158,16 @@ impl<S: ScheduleStore> SchedulerState<S> {
             stopping: self.stopping.subscribe(),
         };
         let myself = myself.clone();
-        self.round = Some(tokio::spawn(async move {
-            let message = match context.run().await {
-                Ok(outcome) => SchedulerMessage::RoundFinished(outcome),
-                Err(err) => SchedulerMessage::RoundFailed(err.to_string()),
-            };
-            let _ = myself.send_message(message);
-        }));
+        self.round = Some(tokio::spawn(
+            async move {
+                let message = match context.run().await {
+                    Ok(outcome) => SchedulerMessage::RoundFinished(outcome),
+                    Err(err) => SchedulerMessage::RoundFailed(err.to_string()),
+                };
+                let _ = myself.send_message(message);
+            }
+            .instrument(round::round_span()),
+        ));
     }
 
     fn disarm(&mut self) {

@@ -9,17 +9,22 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use ractor::ActorRef;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 use super::SchedulerMessage;
 use crate::flow::FlowControl;
-use crate::model::{NextDue, PublishOutcome};
+use crate::metrics::Outcome;
+use crate::model::{DueReminder, NextDue, PublishOutcome};
 use crate::peers::Peers;
 use crate::ports::{Claim, PortError, ScheduleStore};
 use crate::publisher::PublisherMessage;
+use crate::trace_context;
 
 /// How a round ended, and so what the scheduler arms next.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +40,19 @@ pub enum RoundOutcome {
     PublisherUnavailable,
     /// The scheduler is draining.
     Stopped,
+}
+
+impl RoundOutcome {
+    /// Name recorded on the round's span.
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Idle => "idle",
+            Self::Sleep(_) => "sleep",
+            Self::Contended(_) => "contended",
+            Self::PublisherUnavailable => "publisher_unavailable",
+            Self::Stopped => "stopped",
+        }
+    }
 }
 
 /// Batches claimed and not yet settled: at most `capacity` at once, and the ids
@@ -84,34 +102,51 @@ pub struct RoundContext<S> {
 impl<S: ScheduleStore> RoundContext<S> {
     /// Runs one round. An error (the database failing) ends the round; batches
     /// already claimed keep settling on their own.
+    /// Runs within the round's span (see [`round_span`]) and records totals on it.
     pub async fn run(mut self) -> Result<RoundOutcome, PortError> {
+        let round = tracing::Span::current();
         let mut last_claim_was_empty = false;
+        let mut totals = RoundTotals::default();
         loop {
             let Some(permit) = self.permit_to_claim().await else {
-                return Ok(RoundOutcome::Stopped);
+                return Ok(totals.finish(&round, RoundOutcome::Stopped));
             };
             let Some(publisher) = self.peers.publisher.get() else {
-                return Ok(RoundOutcome::PublisherUnavailable);
+                return Ok(totals.finish(&round, RoundOutcome::PublisherUnavailable));
             };
-            let claim = self.store.claim_due(self.batch_size).await?;
+            let claim_span = tracing::info_span!("claim", batch.size = tracing::field::Empty);
+            let claim = self
+                .store
+                .claim_due(self.batch_size)
+                .instrument(claim_span.clone())
+                .await?;
             let claimed = claim.reminders().len();
+            claim_span.record("batch.size", claimed);
             if claimed > 0 {
+                totals.add(claim.reminders());
                 self.dispatch(claim, permit, &publisher);
             }
             if claimed == self.batch_size {
                 last_claim_was_empty = false;
                 continue;
             }
-            match self.store.next_due(&self.in_flight.ids()).await? {
-                None => return Ok(RoundOutcome::Idle),
-                Some(next) if !next.delay.is_zero() => return Ok(RoundOutcome::Sleep(next)),
+            let next_due = self
+                .store
+                .next_due(&self.in_flight.ids())
+                .instrument(tracing::info_span!("next due"))
+                .await?;
+            let outcome = match next_due {
+                None => RoundOutcome::Idle,
+                Some(next) if !next.delay.is_zero() => RoundOutcome::Sleep(next),
                 // Due, yet not claimable: someone else holds it.
-                Some(next) if claimed == 0 && last_claim_was_empty => {
-                    return Ok(RoundOutcome::Contended(next));
-                }
+                Some(next) if claimed == 0 && last_claim_was_empty => RoundOutcome::Contended(next),
                 // Became due since the claim; claim again.
-                Some(_) => last_claim_was_empty = claimed == 0,
-            }
+                Some(_) => {
+                    last_claim_was_empty = claimed == 0;
+                    continue;
+                }
+            };
+            return Ok(totals.finish(&round, outcome));
         }
     }
 
@@ -139,6 +174,9 @@ impl<S: ScheduleStore> RoundContext<S> {
         permit: OwnedSemaphorePermit,
         publisher: &ActorRef<PublisherMessage>,
     ) {
+        let claimed_at = Instant::now();
+        let batch = batch_span(claim.reminders());
+        crate::metrics::batch_size(claim.reminders().len());
         let ids: Vec<Uuid> = claim.reminders().iter().map(|r| r.id).collect();
         self.in_flight.lock().extend(ids.iter().copied());
         let live: Vec<_> = claim
@@ -148,6 +186,7 @@ impl<S: ScheduleStore> RoundContext<S> {
             .cloned()
             .collect();
         let live_ids: Vec<Uuid> = live.iter().map(|r| r.id).collect();
+        let claim_lateness: Vec<Duration> = live.iter().map(|r| r.lateness).collect();
         let confirms = if live.is_empty() {
             None
         } else {
@@ -155,34 +194,120 @@ impl<S: ScheduleStore> RoundContext<S> {
             let sent = publisher.send_message(PublisherMessage::Publish {
                 reminders: live,
                 reply: reply.into(),
+                span: batch.clone(),
             });
             Some((sent.is_ok(), outcomes))
         };
         let in_flight = self.in_flight.clone();
         let scheduler = self.scheduler.clone();
-        tokio::spawn(async move {
-            let outcomes = match confirms {
-                None => Vec::new(),
-                Some((sent, outcomes)) => match (sent, outcomes.await) {
-                    (true, Ok(outcomes)) => outcomes,
-                    _ => vec![
-                        PublishOutcome::Unknown("the publisher stopped".to_owned());
-                        live_ids.len()
-                    ],
-                },
-            };
-            let settled = settle(claim, &live_ids, outcomes).await;
-            {
-                let mut held = in_flight.lock();
-                for id in &ids {
-                    held.remove(id);
+        tokio::spawn(
+            async move {
+                let outcomes = match confirms {
+                    None => Vec::new(),
+                    Some((sent, outcomes)) => match (sent, outcomes.await) {
+                        (true, Ok(outcomes)) => outcomes,
+                        _ => vec![
+                            PublishOutcome::Unknown("the publisher stopped".to_owned());
+                            live_ids.len()
+                        ],
+                    },
+                };
+                let answered_after = claimed_at.elapsed();
+                for (lateness, outcome) in claim_lateness.iter().zip(&outcomes) {
+                    if *outcome == PublishOutcome::Confirmed {
+                        crate::metrics::lateness(*lateness + answered_after);
+                    }
+                }
+                let settled = settle(claim, &live_ids, outcomes).await;
+                {
+                    let mut held = in_flight.lock();
+                    for id in &ids {
+                        held.remove(id);
+                    }
+                }
+                drop(permit);
+                if let Err(reason) = settled {
+                    tracing::Span::current().record("error", reason.as_str());
+                    let _ = scheduler.send_message(SchedulerMessage::BatchFailed(reason));
                 }
             }
-            drop(permit);
-            if let Err(reason) = settled {
-                let _ = scheduler.send_message(SchedulerMessage::BatchFailed(reason));
-            }
-        });
+            .instrument(batch),
+        );
+    }
+}
+
+/// The span of a whole round: claims, batches and the next-due query are its
+/// children.
+pub fn round_span() -> tracing::Span {
+    tracing::info_span!(
+        "delivery round",
+        reminders = tracing::field::Empty,
+        batches = tracing::field::Empty,
+        lateness.oldest_ms = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+    )
+}
+
+/// Most span links per batch (the SDK's default limit is 128).
+const MAX_LINKS: usize = 64;
+
+/// The span of one claimed batch, linked to the traces of the requests that
+/// scheduled its reminders.
+fn batch_span(reminders: &[DueReminder]) -> tracing::Span {
+    let span = tracing::info_span!(
+        "delivery batch",
+        batch.size = reminders.len(),
+        reminders.stale = reminders.iter().filter(|r| r.stale).count(),
+        lateness.oldest_ms = oldest_lateness_ms(reminders),
+        error = tracing::field::Empty,
+    );
+    let mut linked = HashSet::new();
+    for context in reminders
+        .iter()
+        .filter_map(|r| r.traceparent.as_deref())
+        .filter_map(trace_context::from_traceparent)
+    {
+        if linked.len() == MAX_LINKS {
+            break;
+        }
+        if linked.insert(context.span_id()) {
+            span.add_link(context);
+        }
+    }
+    span
+}
+
+fn oldest_lateness_ms(reminders: &[DueReminder]) -> f64 {
+    reminders
+        .iter()
+        .map(|r| r.lateness)
+        .max()
+        .unwrap_or_default()
+        .as_secs_f64()
+        * 1_000.0
+}
+
+/// What a round claimed, recorded on its span when it ends.
+#[derive(Default)]
+struct RoundTotals {
+    reminders: usize,
+    batches: usize,
+    oldest_lateness_ms: f64,
+}
+
+impl RoundTotals {
+    fn add(&mut self, reminders: &[DueReminder]) {
+        self.reminders += reminders.len();
+        self.batches += 1;
+        self.oldest_lateness_ms = self.oldest_lateness_ms.max(oldest_lateness_ms(reminders));
+    }
+
+    fn finish(self, span: &tracing::Span, outcome: RoundOutcome) -> RoundOutcome {
+        span.record("reminders", self.reminders);
+        span.record("batches", self.batches);
+        span.record("lateness.oldest_ms", self.oldest_lateness_ms);
+        span.record("outcome", outcome.name());
+        outcome
     }
 }
 
@@ -209,9 +334,17 @@ async fn settle<C: Claim>(
         undelivered.push(*id);
     }
     let published = live.len() - undelivered.len();
-    claim.commit(undelivered).await.map_err(|err| {
-        format!("recording a delivered batch failed, it will be delivered again: {err}")
-    })?;
+    claim
+        .commit(undelivered)
+        .instrument(tracing::info_span!("commit"))
+        .await
+        .map_err(|err| {
+            format!("recording a delivered batch failed, it will be delivered again: {err}")
+        })?;
+    crate::metrics::reminders(Outcome::Sent, published);
+    crate::metrics::reminders(Outcome::SkippedStale, skipped);
+    crate::metrics::reminders(Outcome::Returned, failures.returned);
+    crate::metrics::reminders(Outcome::Failed, failures.nacked + failures.unknown);
     tracing::debug!(published, skipped, "batch settled");
     if skipped > 0 {
         tracing::info!(skipped, "skipped reminders whose game has already started");

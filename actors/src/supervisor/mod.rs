@@ -27,6 +27,7 @@ use ractor::{
     Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, SupervisionEvent,
 };
 use tokio::sync::watch;
+use tracing::Instrument;
 
 use crate::backoff::Backoff;
 use crate::flow::FlowControl;
@@ -100,8 +101,6 @@ pub struct SupervisorArgs<S, B, F> {
     pub readiness: Readiness,
     /// Receives the reason if the daemon must stop for good.
     pub fatal: watch::Sender<Option<String>>,
-    /// Observes restarts (e.g. for metrics): called with the child's name.
-    pub on_restart: Option<Arc<dyn Fn(&'static str) + Send + Sync>>,
 }
 
 struct ChildState {
@@ -110,6 +109,9 @@ struct ChildState {
     started_at: Option<Instant>,
     /// The last failure, so repeated identical failures log once.
     failing: Option<String>,
+    /// It has run before: the next start is a restart (a reconnect, for the
+    /// children that own a connection).
+    ran_before: bool,
 }
 
 /// State of the running [`DaemonSupervisor`].
@@ -257,9 +259,7 @@ where
             );
             state.failing = Some(reason);
         }
-        if let Some(on_restart) = &self.args.on_restart {
-            on_restart(child.name());
-        }
+        crate::metrics::restarted(child.name());
         myself.send_after(delay, move || SupervisorMessage::Start(child));
     }
 
@@ -267,11 +267,37 @@ where
         if self.shutting_down || self.children[index(child)].cell.is_some() {
             return;
         }
-        match self.spawn(child, myself.get_cell()).await {
+        let restart = self.children[index(child)].ran_before;
+        let span = if restart {
+            tracing::info_span!(
+                "actor restart",
+                actor = child.name(),
+                error = tracing::field::Empty
+            )
+        } else {
+            tracing::info_span!(
+                "actor start",
+                actor = child.name(),
+                error = tracing::field::Empty
+            )
+        };
+        let spawned = self
+            .spawn(child, myself.get_cell())
+            .instrument(span.clone())
+            .await;
+        if let Err(err) = &spawned {
+            span.record("error", tracing::field::display(err));
+        }
+        drop(span);
+        match spawned {
             Ok(cell) => {
                 let state = &mut self.children[index(child)];
                 state.cell = Some(cell);
                 state.started_at = Some(Instant::now());
+                if restart && child.component().is_some() {
+                    crate::metrics::reconnected(child.name());
+                }
+                state.ran_before = true;
                 // Only a connection proves recovery; a started scheduler has
                 // done nothing yet (its first round reports the database).
                 if let Some(component) = child.component() {
@@ -352,6 +378,7 @@ where
             backoff: Backoff::new(min, max),
             started_at: None,
             failing: None,
+            ran_before: false,
         };
         Ok(SupervisorState {
             args,

@@ -50,7 +50,6 @@ async fn start(prepare: impl FnOnce(&FakeStore, &FakeBroker)) -> Harness {
         settings: settings(),
         readiness: readiness.clone(),
         fatal: fatal_sender,
-        on_restart: None,
     };
     let (supervisor, _) = Actor::spawn(None, DaemonSupervisor::default(), args)
         .await

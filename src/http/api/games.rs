@@ -203,13 +203,17 @@ fn validate_minutes(minutes: &[i64]) -> Result<Vec<i32>, ApiError> {
     Ok(valid)
 }
 
-/// Extracts the W3C trace context of the request, stored with new reminders.
+/// The W3C trace context stored with new reminders: the request's own span
+/// (a child of the caller's `traceparent`), or the caller's header as given
+/// when no tracing layer is installed.
 fn traceparent(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get("traceparent")
-        .and_then(|value| value.to_str().ok())
-        .filter(|value| value.len() == 55 && crate::broker::envelope::trace_id(value).is_some())
-        .map(str::to_owned)
+    crate::telemetry::current_traceparent().or_else(|| {
+        headers
+            .get("traceparent")
+            .and_then(|value| value.to_str().ok())
+            .filter(|value| actors::trace_context::from_traceparent(value).is_some())
+            .map(str::to_owned)
+    })
 }
 
 fn game_body(game: Game, rows: Vec<ReminderRow>, defaults: &[i32]) -> GameBody {

@@ -1,0 +1,78 @@
+//! Periodic work beside delivery, on its own small connection pool so that it
+//! never takes a connection the delivery path needs: observing the schedule
+//! for metrics, and deleting old sent rows.
+
+mod observe;
+mod retention;
+
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use tokio::task::JoinHandle;
+
+use crate::config::DaemonArgs;
+use crate::db;
+
+/// The running maintenance tasks; aborted when dropped.
+pub struct Maintenance {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Maintenance {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Starts the retention sweep (unless RETENTION is 0) and, when metrics are
+/// exported, the schedule observations.
+pub fn start(args: &DaemonArgs) -> Maintenance {
+    let pool = db::pool(
+        &args.database.database_url,
+        1,
+        args.database.database_connect_timeout,
+    );
+    let mut tasks = Vec::new();
+    if !args.retention.is_zero() {
+        let (pool, retention) = (pool.clone(), args.retention);
+        tasks.push(every(args.retention_interval, move || {
+            retention::run(pool.clone(), retention)
+        }));
+    }
+    if crate::telemetry::metrics_exported() {
+        let pool = pool.clone();
+        tasks.push(every(args.schedule_observe_interval, move || {
+            observe::run(pool.clone())
+        }));
+    }
+    Maintenance { tasks }
+}
+
+/// Runs `work` now and then every `period`, never two at once.
+fn every<F, Fut>(period: Duration, mut work: F) -> JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            work().await;
+        }
+    })
+}
+
+/// A connection from the maintenance pool, or a logged reason why not.
+async fn connection(pool: &Pool, task: &'static str) -> Option<deadpool_postgres::Object> {
+    match pool.get().await {
+        Ok(client) => Some(client),
+        Err(err) => {
+            tracing::debug!(task, error = %err, "no database connection; will try again next period");
+            None
+        }
+    }
+}
