@@ -30,6 +30,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter};
 use tracing::{Event, Subscriber};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt;
@@ -127,7 +128,12 @@ pub fn init(args: &LoggingArgs) -> Result<Telemetry, String> {
         None
     };
 
-    let traces = tracing_opentelemetry::layer().with_tracer(tracer.tracer(SERVICE_NAME));
+    // ractor wraps each actor's whole life in a span: not an operation.
+    let traces = tracing_opentelemetry::layer()
+        .with_tracer(tracer.tracer(SERVICE_NAME))
+        .with_filter(filter_fn(|metadata| {
+            !metadata.target().starts_with("ractor")
+        }));
     let logs = match args.log_format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)

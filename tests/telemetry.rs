@@ -172,6 +172,14 @@ async fn a_delivered_reminder_is_traced_from_request_to_message_and_measured() {
         .expect("the batch's round was exported");
     assert_eq!(round.span.name, "delivery round");
     assert!(
+        round.span.parent_span_id.is_empty(),
+        "each round is a trace of its own"
+    );
+    assert!(
+        spans.iter().all(|span| span.span.name != "Actor"),
+        "actor lifetimes are not exported as spans"
+    );
+    assert!(
         spans
             .iter()
             .any(|span| span.span.name == "claim" && span.span.parent_span_id == round.span.span_id)

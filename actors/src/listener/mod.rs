@@ -74,7 +74,7 @@ impl<C: ChangeFeedConnector> Actor for ListenerActor<C> {
         let (session, mut events) = args
             .connector
             .connect()
-            .instrument(tracing::info_span!("listener connect"))
+            .instrument(tracing::info_span!(parent: None, "listener connect"))
             .await?;
         let forwarder = {
             let myself = myself.clone();

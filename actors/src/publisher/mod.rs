@@ -81,7 +81,7 @@ impl<C: BrokerConnector> Actor for PublisherActor<C> {
         let (session, mut events) = args
             .connector
             .connect()
-            .instrument(tracing::info_span!("publisher connect"))
+            .instrument(tracing::info_span!(parent: None, "publisher connect"))
             .await?;
         let events = tokio::spawn(async move {
             while let Some(event) = events.recv().await {

@@ -239,7 +239,9 @@ impl<S: ScheduleStore> RoundContext<S> {
 /// The span of a whole round: claims, batches and the next-due query are its
 /// children.
 pub fn round_span() -> tracing::Span {
+    // A root: the scheduler actor's own span would make every round one trace.
     tracing::info_span!(
+        parent: None,
         "delivery round",
         reminders = tracing::field::Empty,
         batches = tracing::field::Empty,

@@ -270,12 +270,14 @@ where
         let restart = self.children[index(child)].ran_before;
         let span = if restart {
             tracing::info_span!(
+                parent: None,
                 "actor restart",
                 actor = child.name(),
                 error = tracing::field::Empty
             )
         } else {
             tracing::info_span!(
+                parent: None,
                 "actor start",
                 actor = child.name(),
                 error = tracing::field::Empty
