@@ -59,6 +59,7 @@ impl RunningDaemon {
     /// Starts the supervisor and the health server. The schema must be current
     /// ([`prepare_schema`]).
     pub async fn start(args: &DaemonArgs) -> anyhow::Result<Self> {
+        actors::metrics::register();
         let readiness = Readiness::default();
         readiness.set(Component::Database, false, Some("starting".to_owned()));
         let health = health::bind(args.health_addr).await?;

@@ -6,10 +6,11 @@
 //! none is installed (tests, or no collector configured).
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
-use opentelemetry::metrics::{Counter, Gauge, Histogram};
+use opentelemetry::metrics::{Counter, Histogram, ObservableGauge};
 
 /// Instrumentation scope of every instrument.
 pub const METER_NAME: &str = "notification-scheduler";
@@ -55,8 +56,12 @@ struct Instruments {
     batch_size: Histogram<u64>,
     reconnects: Counter<u64>,
     restarts: Counter<u64>,
-    broker_blocked: Gauge<u64>,
+    _broker_blocked: ObservableGauge<u64>,
 }
+
+/// Read by the broker-blocked gauge at each export, so the series exists (as
+/// 0) before the first alarm.
+static BROKER_BLOCKED: AtomicBool = AtomicBool::new(false);
 
 fn instruments() -> &'static Instruments {
     static INSTRUMENTS: OnceLock<Instruments> = OnceLock::new();
@@ -96,10 +101,13 @@ fn instruments() -> &'static Instruments {
                 .with_unit("{restart}")
                 .with_description("Actor restarts by the supervisor, by actor")
                 .build(),
-            broker_blocked: meter
-                .u64_gauge("notification_scheduler.broker.blocked")
-                .with_unit("1")
+            _broker_blocked: meter
+                .u64_observable_gauge("notification_scheduler.broker.blocked")
+                .with_unit("{state}")
                 .with_description("1 while the broker blocks publishing (resource alarm), else 0")
+                .with_callback(|gauge| {
+                    gauge.observe(u64::from(BROKER_BLOCKED.load(Ordering::Relaxed)), &[]);
+                })
                 .build(),
         }
     })
@@ -142,5 +150,11 @@ pub fn restarted(actor: &'static str) {
 
 /// Records whether the broker blocks publishing.
 pub fn broker_blocked(blocked: bool) {
-    instruments().broker_blocked.record(u64::from(blocked), &[]);
+    BROKER_BLOCKED.store(blocked, Ordering::Relaxed);
+}
+
+/// Creates the instruments now, so that every series is exported from the
+/// start rather than from its first event.
+pub fn register() {
+    instruments();
 }

@@ -130,9 +130,26 @@ pub async fn run(client: &mut Client) -> Result<MigrationReport, MigrateError> {
 }
 
 /// Fails unless every migration of this build is applied (and none changed).
+///
+/// Migrations of a newer build are accepted with a warning: they are additive
+/// (docs/deployment.md), so during a rolling upgrade an old replica that
+/// restarts after `migrate` ran keeps working.
 pub async fn verify(client: &Client) -> Result<(), MigrateError> {
     let applied = applied_migrations(client).await?;
-    let pending = pending_after(&applied)?;
+    let known: Vec<AppliedMigration> = applied
+        .into_iter()
+        .filter(|done| {
+            let known = MIGRATIONS.iter().any(|m| m.version == done.version);
+            if !known {
+                tracing::warn!(
+                    migration = done.name.as_str(),
+                    "the database has a migration of a newer build; running on its additive schema"
+                );
+            }
+            known
+        })
+        .collect();
+    let pending = pending_after(&known)?;
     if pending.is_empty() {
         return Ok(());
     }

@@ -42,6 +42,7 @@ pub fn start(args: &DaemonArgs) -> Maintenance {
         }));
     }
     if crate::telemetry::metrics_exported() {
+        observe::register();
         let pool = pool.clone();
         tasks.push(every(args.schedule_observe_interval, move || {
             observe::run(pool.clone())

@@ -1,10 +1,10 @@
 //! Pending, overdue and next-due gauges, observed from the table (a dashboard
 //! must see a stuck backlog even when nothing is being delivered).
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use deadpool_postgres::Pool;
-use opentelemetry::metrics::Gauge;
+use opentelemetry::metrics::ObservableGauge;
 
 /// One scan of the partial index on pending rows.
 const OBSERVE: &str = "SELECT count(*)::bigint, \
@@ -12,36 +12,68 @@ const OBSERVE: &str = "SELECT count(*)::bigint, \
        extract(epoch FROM min(notification_time) - clock_timestamp())::float8 \
   FROM notification_schedule WHERE NOT sent";
 
-struct Gauges {
-    pending: Gauge<u64>,
-    overdue: Gauge<u64>,
-    next_due: Gauge<f64>,
+/// The latest observation, read by the gauges at each export. A gauge with
+/// nothing to report (no observation yet, nothing pending) exports no point
+/// rather than repeating a stale value.
+static LATEST: Mutex<Option<Observation>> = Mutex::new(None);
+
+#[derive(Clone, Copy)]
+struct Observation {
+    pending: u64,
+    overdue: u64,
+    next_due_s: Option<f64>,
 }
 
-fn gauges() -> &'static Gauges {
+fn latest() -> Option<Observation> {
+    *LATEST.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+struct Gauges {
+    _pending: ObservableGauge<u64>,
+    _overdue: ObservableGauge<u64>,
+    _next_due: ObservableGauge<f64>,
+}
+
+/// Registers the gauges with the global meter provider (once).
+pub fn register() {
     static GAUGES: OnceLock<Gauges> = OnceLock::new();
     GAUGES.get_or_init(|| {
         let meter = opentelemetry::global::meter(actors::metrics::METER_NAME);
         Gauges {
-            pending: meter
-                .u64_gauge("notification_scheduler.reminders.pending")
+            _pending: meter
+                .u64_observable_gauge("notification_scheduler.reminders.pending")
                 .with_unit("{reminder}")
                 .with_description("Unsent reminders in the table")
+                .with_callback(|gauge| {
+                    if let Some(latest) = latest() {
+                        gauge.observe(latest.pending, &[]);
+                    }
+                })
                 .build(),
-            overdue: meter
-                .u64_gauge("notification_scheduler.reminders.overdue")
+            _overdue: meter
+                .u64_observable_gauge("notification_scheduler.reminders.overdue")
                 .with_unit("{reminder}")
                 .with_description("Unsent reminders whose notification_time has passed")
+                .with_callback(|gauge| {
+                    if let Some(latest) = latest() {
+                        gauge.observe(latest.overdue, &[]);
+                    }
+                })
                 .build(),
-            next_due: meter
-                .f64_gauge("notification_scheduler.next_due")
+            _next_due: meter
+                .f64_observable_gauge("notification_scheduler.next_due")
                 .with_unit("s")
                 .with_description(
                     "Seconds until the earliest unsent reminder (negative when overdue; absent when none)",
                 )
+                .with_callback(|gauge| {
+                    if let Some(seconds) = latest().and_then(|latest| latest.next_due_s) {
+                        gauge.observe(seconds, &[]);
+                    }
+                })
                 .build(),
         }
-    })
+    });
 }
 
 pub async fn run(pool: Pool) {
@@ -50,16 +82,12 @@ pub async fn run(pool: Pool) {
     };
     match client.query_one(OBSERVE, &[]).await {
         Ok(row) => {
-            let gauges = gauges();
-            gauges
-                .pending
-                .record(row.get::<_, i64>(0).unsigned_abs(), &[]);
-            gauges
-                .overdue
-                .record(row.get::<_, i64>(1).unsigned_abs(), &[]);
-            if let Some(seconds) = row.get::<_, Option<f64>>(2) {
-                gauges.next_due.record(seconds, &[]);
-            }
+            let observation = Observation {
+                pending: row.get::<_, i64>(0).unsigned_abs(),
+                overdue: row.get::<_, i64>(1).unsigned_abs(),
+                next_due_s: row.get(2),
+            };
+            *LATEST.lock().unwrap_or_else(|poison| poison.into_inner()) = Some(observation);
         }
         Err(err) => tracing::debug!(error = %err, "observing the schedule failed"),
     }
