@@ -43,6 +43,9 @@ pub enum Command {
     /// Measure lateness, backlog drain against the broker's own rate, scale and
     /// memory, with the real daemon in a separate process (docs/BENCHMARKS.md).
     Bench(Box<BenchArgs>),
+    /// Print docs/configuration.md, generated from these definitions.
+    #[command(hide = true)]
+    ConfigReference,
 }
 
 /// Settings of `migrate`.
@@ -116,9 +119,11 @@ fn validate(command: &Command) -> Result<(), crate::config::ConflictError> {
     match command {
         Command::Daemon(args) => args.validate(),
         Command::Api(args) => args.validate(),
-        Command::Migrate(_) | Command::Bench(_) | Command::Watch(_) | Command::Healthcheck(_) => {
-            Ok(())
-        }
+        Command::Migrate(_)
+        | Command::Bench(_)
+        | Command::Watch(_)
+        | Command::Healthcheck(_)
+        | Command::ConfigReference => Ok(()),
     }
 }
 
@@ -130,6 +135,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Watch(args) => watch::run(args).await,
         Command::Healthcheck(args) => healthcheck(args).await,
         Command::Bench(args) => bench::run(*args).await,
+        Command::ConfigReference => {
+            print!("{}", crate::config::reference::markdown(&Cli::command()));
+            Ok(())
+        }
     }
 }
 

@@ -194,3 +194,23 @@ fn bad_default_reminder_minutes_are_named() {
     );
     assert_config_error(&output, &["DEFAULT_REMINDER_MINUTES", "repeats 60"]);
 }
+
+#[test]
+fn the_configuration_reference_matches_the_command_line() {
+    let output = run(&["config-reference"], &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let generated = String::from_utf8(output.stdout).expect("UTF-8");
+    let documented = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/configuration.md"
+    ))
+    .expect("docs/configuration.md exists");
+    assert!(
+        generated == documented,
+        "docs/configuration.md is out of date; regenerate it with \
+         `cargo run -- config-reference > docs/configuration.md`"
+    );
+    for variable in ["DATABASE_URL", "RETENTION", "API_TOKEN", "HEALTH_ADDR"] {
+        assert!(documented.contains(&format!("`{variable}`")), "{variable}");
+    }
+}

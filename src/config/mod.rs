@@ -6,6 +6,7 @@
 //! into one line that names the setting.
 
 pub mod parse;
+pub mod reference;
 
 use std::net::SocketAddr;
 use std::time::Duration;
