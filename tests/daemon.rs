@@ -4,7 +4,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::proxy::FaultProxy;
@@ -214,26 +213,11 @@ async fn a_killed_listen_backend_is_replaced_and_changes_made_meanwhile_are_foun
     daemon.shutdown().await;
 }
 
-fn rabbitmq_address() -> SocketAddr {
-    let url = common::rabbitmq_url();
-    let authority = url.split("://").nth(1).unwrap().split('/').next().unwrap();
-    let host_port = authority.rsplit('@').next().unwrap();
-    let host_port = if host_port.contains(':') {
-        host_port.to_owned()
-    } else {
-        format!("{host_port}:5672")
-    };
-    host_port
-        .replace("localhost", "127.0.0.1")
-        .parse()
-        .expect("broker address")
-}
-
 #[tokio::test]
 async fn a_cut_broker_connection_is_replaced_and_nothing_is_lost() {
     let (db, broker) = (TestDb::migrated().await, TestBroker::new().await);
     let mut consumer = broker.consumer().await;
-    let proxy = FaultProxy::start(rabbitmq_address()).await;
+    let proxy = FaultProxy::start(common::rabbitmq_address()).await;
     let via_proxy = broker.via(proxy.url_for(&broker.url));
     let daemon = start_daemon(&db, &via_proxy, &[]).await;
     let client = db.client().await;

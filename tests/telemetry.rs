@@ -312,3 +312,60 @@ async fn json_log_lines_carry_trace_and_span_ids() {
     assert_eq!(json["trace_id"], CALLER_TRACE);
     assert_eq!(json["span_id"].as_str().map(str::len), Some(16));
 }
+
+#[tokio::test]
+async fn a_lost_broker_connection_shows_as_a_restart_and_a_reconnect() {
+    let (db, broker, receiver) = (
+        TestDb::migrated().await,
+        TestBroker::new().await,
+        OtlpReceiver::start().await,
+    );
+    let mut consumer = broker.consumer().await;
+    let proxy = common::proxy::FaultProxy::start(common::rabbitmq_address()).await;
+    let proxied = broker.via(proxy.url_for(&broker.url));
+    let health_port = free_port();
+    let mut daemon = daemon_command(&db.url, &proxied, health_port);
+    exporting_to(&mut daemon, &receiver);
+    daemon.args(["--restart-backoff-min", "10ms"]);
+    let mut daemon = Running(daemon.spawn().expect("the daemon starts"));
+    let log = LogTail::follow(&mut daemon.0);
+    wait_http_ok(health_port, "/readyz").await;
+
+    proxy.cut();
+    log.wait_for_line("actor recovered", WAIT).await;
+    common::schedule::backlog(&db.client().await, 3).await;
+    assert_eq!(consumer.take(3).await.len(), 3);
+    signal(&daemon.0, "TERM");
+    assert_eq!(
+        wait_exit(&mut daemon.0).await.code(),
+        Some(0),
+        "{}",
+        log.text()
+    );
+
+    assert!(
+        sum_of(
+            &receiver,
+            "notification_scheduler.actor.restarts",
+            "actor",
+            "publisher"
+        ) >= 1
+    );
+    assert!(
+        sum_of(
+            &receiver,
+            "notification_scheduler.reconnects",
+            "component",
+            "publisher"
+        ) >= 1
+    );
+    let spans = receiver.spans();
+    let restart = named(&spans, "actor restart");
+    assert!(
+        restart
+            .iter()
+            .any(|span| span.attribute("actor").as_deref() == Some("publisher")),
+        "{restart:#?}"
+    );
+    assert!(!named(&spans, "publisher connect").is_empty());
+}

@@ -40,6 +40,22 @@ pub fn rabbitmq_url() -> String {
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
 }
 
+/// Host and port of the test broker, for a proxy in front of it.
+pub fn rabbitmq_address() -> std::net::SocketAddr {
+    let url = rabbitmq_url();
+    let authority = url.split("://").nth(1).unwrap().split('/').next().unwrap();
+    let host_port = authority.rsplit('@').next().unwrap();
+    let host_port = if host_port.contains(':') {
+        host_port.to_owned()
+    } else {
+        format!("{host_port}:5672")
+    };
+    host_port
+        .replace("localhost", "127.0.0.1")
+        .parse()
+        .expect("broker address")
+}
+
 fn with_database(url: &str, database: &str) -> String {
     let (base, _) = url.rsplit_once('/').expect("a database URL has a path");
     format!("{base}/{database}")
