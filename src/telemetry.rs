@@ -38,6 +38,7 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
+use crate::config::parse::mask_password;
 use crate::config::{LogFormat, LoggingArgs};
 
 /// Name of this service when `OTEL_SERVICE_NAME` does not give one.
@@ -106,7 +107,12 @@ pub fn init(args: &LoggingArgs) -> Result<Telemetry, String> {
     if exported("TRACES") {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .build()
-            .map_err(|err| format!("invalid OTLP trace export settings: {err}"))?;
+            .map_err(|err| {
+                format!(
+                    "invalid OTLP trace export settings: {}",
+                    mask_password(&err.to_string())
+                )
+            })?;
         tracer = tracer.with_batch_exporter(Reporting::new("traces", exporter));
     }
     let tracer = tracer.build();
@@ -116,7 +122,12 @@ pub fn init(args: &LoggingArgs) -> Result<Telemetry, String> {
         let exporter = opentelemetry_otlp::MetricExporter::builder()
             .with_temporality(Temporality::Cumulative)
             .build()
-            .map_err(|err| format!("invalid OTLP metric export settings: {err}"))?;
+            .map_err(|err| {
+                format!(
+                    "invalid OTLP metric export settings: {}",
+                    mask_password(&err.to_string())
+                )
+            })?;
         let provider = SdkMeterProvider::builder()
             .with_resource(resource)
             .with_reader(PeriodicReader::builder(Reporting::new("metrics", exporter)).build())
@@ -153,9 +164,30 @@ pub fn init(args: &LoggingArgs) -> Result<Telemetry, String> {
     Ok(Telemetry { tracer, meter })
 }
 
-/// The OTLP exporter silently ignores a protocol it does not know; refuse it
-/// instead, naming the variable.
+/// The OTLP exporter silently ignores a protocol it does not know and quotes
+/// a bad endpoint whole, credentials included; check both first, naming the
+/// variable.
 fn check_protocols() -> Result<(), String> {
+    for name in [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    ] {
+        if let Ok(value) = std::env::var(name)
+            && !value.trim().is_empty()
+        {
+            let valid = (value.starts_with("http://") || value.starts_with("https://"))
+                && value
+                    .parse::<axum::http::Uri>()
+                    .is_ok_and(|uri| uri.host().is_some_and(|host| !host.is_empty()));
+            if !valid {
+                return Err(format!(
+                    "invalid {name}: '{}'; expected http://host:port or https://host:port",
+                    mask_password(&value)
+                ));
+            }
+        }
+    }
     for name in [
         "OTEL_EXPORTER_OTLP_PROTOCOL",
         "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",

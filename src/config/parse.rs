@@ -118,8 +118,17 @@ impl FromStr for BrokerUrl {
             "amqps" => 5671,
             other => return Err(format!("'{masked}' has scheme '{other}'; {EXPECTED}")),
         };
-        let authority = rest.split(['/', '?']).next().unwrap_or_default();
-        let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+        // The user-info ends at the last '@' (a password may hold '/' or '?').
+        if let Some((userinfo, _)) = rest.rsplit_once('@')
+            && userinfo.contains(['/', '?', '#'])
+        {
+            return Err(format!(
+                "'{masked}' has '/', '?' or '#' in its user or password; \
+                 percent-encode them (%2F, %3F, %23); {EXPECTED}"
+            ));
+        }
+        let after_userinfo = rest.rfind('@').map_or(rest, |at| &rest[at + 1..]);
+        let host_port = after_userinfo.split(['/', '?']).next().unwrap_or_default();
         let (host, port) = match host_port.rsplit_once(':') {
             Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => {
                 let port = port
@@ -143,26 +152,60 @@ impl FromStr for BrokerUrl {
     }
 }
 
-/// Replaces the password of a `scheme://user:password@host` URL, or of a
-/// `password=...` key-value pair, with `****`.
+/// Replaces every password in a connection string with `****`: the one in
+/// the user-info of a URL (whatever characters it holds, as far as the last
+/// `@`), and the value of any `password` parameter (`?password=`, `&sslpassword=`,
+/// key-value `password = ...`). Errs on the side of masking too much: a
+/// configuration message must never print a secret, even of a malformed value.
 pub fn mask_password(raw: &str) -> String {
-    if let Some((scheme, rest)) = raw.split_once("://") {
-        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-        let (authority, tail) = rest.split_at(authority_end);
-        if let Some((userinfo, host)) = authority.rsplit_once('@')
-            && let Some((user, _password)) = userinfo.split_once(':')
-        {
-            return format!("{scheme}://{user}:****@{host}{tail}");
-        }
+    mask_password_values(&mask_userinfo(raw))
+}
+
+fn mask_userinfo(raw: &str) -> String {
+    let Some(at) = raw.rfind('@') else {
+        return raw.to_owned();
+    };
+    let start = raw.find("://").map_or(0, |separator| separator + 3);
+    if start > at {
         return raw.to_owned();
     }
-    raw.split(' ')
-        .map(|pair| match pair.split_once('=') {
-            Some(("password", _)) => "password=****".to_owned(),
-            _ => pair.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+    match raw[start..at].find(':') {
+        Some(colon) => format!("{}:****{}", &raw[..start + colon], &raw[at..]),
+        None => raw.to_owned(),
+    }
+}
+
+fn mask_password_values(text: &str) -> String {
+    const KEY: &str = "password";
+    let lower = text.to_ascii_lowercase();
+    let mut masked = String::with_capacity(text.len());
+    let mut done = 0;
+    while let Some(found) = lower[done..].find(KEY) {
+        let key_end = done + found + KEY.len();
+        let after_key = key_end + (text[key_end..].len() - text[key_end..].trim_start().len());
+        if !text[after_key..].starts_with('=') {
+            masked.push_str(&text[done..key_end]);
+            done = key_end;
+            continue;
+        }
+        let value = after_key
+            + 1
+            + (text[after_key + 1..].len() - text[after_key + 1..].trim_start().len());
+        let value_end = if text[value..].starts_with('\'') {
+            text[value + 1..]
+                .find('\'')
+                .map_or(text.len(), |quote| value + quote + 2)
+        } else {
+            text[value..]
+                .find(['&', ' ', '#'])
+                .map_or(text.len(), |end| value + end)
+        };
+        masked.push_str(&text[done..value]);
+        masked.push_str("****");
+        done = value_end;
+    }
+    masked.push_str(&text[done..]);
+    masked
 }
 
 /// Parses durations such as `250ms`, `30s`, `5m`, `1h` or `7d`.
@@ -302,6 +345,48 @@ mod tests {
             mask_password("host=db password=hunter2 user=app"),
             "host=db password=**** user=app"
         );
+    }
+
+    #[test]
+    fn masks_passwords_that_malformed_values_carry_anywhere() {
+        for (raw, masked) in [
+            (
+                "postgresql://postgres:s3cr3t/pw@127.0.0.1:5432/db",
+                "postgresql://postgres:****@127.0.0.1:5432/db",
+            ),
+            (
+                "postgresql://h/db?user=u&password=PW&sslmode=disable",
+                "postgresql://h/db?user=u&password=****&sslmode=disable",
+            ),
+            (
+                "postgresql://h/db?sslpassword=PW",
+                "postgresql://h/db?sslpassword=****",
+            ),
+            ("app:PW@db:5432/app", "app:****@db:5432/app"),
+            ("postgresql:/app:PW@db/app", "postgresql:****@db/app"),
+            (
+                "host=db password = PW user=u",
+                "host=db password = **** user=u",
+            ),
+            (
+                "host=db password='P W' user=u",
+                "host=db password=**** user=u",
+            ),
+            ("http://collector:PW@[::1", "http://collector:****@[::1"),
+        ] {
+            assert_eq!(mask_password(raw), masked, "{raw}");
+        }
+    }
+
+    #[test]
+    fn a_broker_password_with_a_slash_asks_for_percent_encoding_without_printing_it() {
+        let err = "amqp://guest:s3cr3t/pw@rabbit:5673/%2f"
+            .parse::<BrokerUrl>()
+            .unwrap_err();
+        assert!(err.contains("percent-encode"), "{err}");
+        assert!(!err.contains("s3cr3t"), "{err}");
+        let url: BrokerUrl = "amqp://guest:s3cr3t%2Fpw@rabbit:5673/%2f".parse().unwrap();
+        assert_eq!(url.endpoint(), "rabbit:5673");
     }
 
     #[test]

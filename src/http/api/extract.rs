@@ -77,7 +77,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         ));
     }
     let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(deserializer).map_err(|err| {
+    let value = serde_path_to_error::deserialize(&mut *deserializer).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.inner();
         let message = inner.to_string();
@@ -99,7 +99,17 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             Some(field) => error.field(field),
             None => error,
         }
-    })
+    })?;
+    // Anything after the object (a second value, stray bytes) makes the body
+    // ambiguous: refuse it rather than act on the first part.
+    deserializer.end().map_err(|err| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!("the body continues after its JSON object: {err}"),
+        )
+    })?;
+    Ok(value)
 }
 
 /// The name between backticks in serde's "unknown field `x`" messages.

@@ -4,7 +4,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Datelike, Duration, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -146,6 +146,14 @@ fn validate_title(title: &str) -> Result<String, ApiError> {
             format!(
                 "title must be 1 to {MAX_TITLE_CHARS} characters and not only spaces (got {length})"
             ),
+        ));
+    }
+    if title.contains('\0') {
+        // PostgreSQL text cannot hold it.
+        return Err(ApiError::invalid(
+            "invalid_title",
+            "title",
+            "title must not contain the NUL character (U+0000)",
         ));
     }
     Ok(title.to_owned())
@@ -432,10 +440,13 @@ fn decode_cursor(raw: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
         .field("cursor")
     };
     let (micros, id) = raw.split_once('.').ok_or_else(invalid)?;
+    // Only times PostgreSQL can hold: its timestamptz starts in November 4713
+    // BC (chrono counts 1 BC as year 0).
     let time = micros
         .parse::<i64>()
         .ok()
         .and_then(DateTime::from_timestamp_micros)
+        .filter(|time| time.year() > -4712)
         .ok_or_else(invalid)?;
     Ok((time, id.parse().map_err(|_| invalid())?))
 }
