@@ -19,7 +19,7 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
     }
     drop(client);
     let token = match (&args.api_token, args.insecure_no_auth) {
-        (Some(token), _) => Some(BearerToken::new(token)),
+        (Some(token), _) => Some(BearerToken::new(token.expose())),
         (None, _) => {
             tracing::error!(
                 "INSECURE: the API is serving WITHOUT AUTHENTICATION (--insecure-no-auth); \

@@ -265,15 +265,33 @@ pub fn bounded_integer(min: u64, max: u64) -> impl Fn(&str) -> Result<u64, Strin
     }
 }
 
+/// A secret setting: printed as `****` by `Debug`, so a settings dump never
+/// shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("****")
+    }
+}
+
 /// A bearer token: 16 to 512 visible ASCII characters (never echoed back).
-pub fn token(raw: &str) -> Result<String, String> {
+pub fn token(raw: &str) -> Result<Secret, String> {
     let length = raw.chars().count();
     if !(16..=512).contains(&length) || !raw.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(format!(
             "the token (value hidden, {length} characters) must be 16 to 512 visible ASCII characters without spaces"
         ));
     }
-    Ok(raw.to_owned())
+    Ok(Secret(raw.to_owned()))
 }
 
 /// `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`).
