@@ -59,10 +59,11 @@ impl PgScheduleStore {
         }
     }
 
-    async fn connection(&self) -> Result<Object, DbError> {
+    async fn session(&self) -> Result<Session, DbError> {
         self.pool
             .get()
             .await
+            .map(|client| Session(Some(client)))
             .map_err(|err| super::pool_error(&self.url, err))
     }
 
@@ -85,7 +86,7 @@ impl ScheduleStore for PgScheduleStore {
     type Claim = PgClaim;
 
     async fn claim_due(&self, limit: usize) -> Result<PgClaim, PortError> {
-        let client = self.connection().await?;
+        let client = self.session().await?;
         let statement = self
             .bounded(
                 "preparing the claim query",
@@ -107,7 +108,7 @@ impl ScheduleStore for PgScheduleStore {
             })
             .await;
         let mut claim = PgClaim {
-            client: Some(client),
+            client: Some(client.into_inner()),
             reminders: Vec::new(),
             query_timeout: self.settings.query_timeout,
         };
@@ -121,7 +122,7 @@ impl ScheduleStore for PgScheduleStore {
     }
 
     async fn next_due(&self, in_flight: &[Uuid]) -> Result<Option<NextDue>, PortError> {
-        let client = self.connection().await?;
+        let client = self.session().await?;
         let statement = self
             .bounded(
                 "preparing the next-due query",
@@ -134,6 +135,7 @@ impl ScheduleStore for PgScheduleStore {
                 client.query_opt(&statement, &[&in_flight]),
             )
             .await?;
+        client.release();
         Ok(row.map(|row| NextDue {
             at: row.get(0),
             delay: Duration::from_micros(u64::try_from(row.get::<_, i64>(1)).unwrap_or(0)),
@@ -171,7 +173,8 @@ impl Claim for PgClaim {
     }
 
     async fn commit(mut self, undelivered: Vec<Uuid>) -> Result<(), PortError> {
-        let client = self.client.take().expect("a claim is committed once");
+        // Cancelled or failed half-way, the session closes the connection.
+        let client = Session(self.client.take());
         let nothing_delivered = undelivered.len() == self.reminders.len();
         let committed = tokio::time::timeout(self.query_timeout, async {
             if nothing_delivered {
@@ -193,19 +196,16 @@ impl Claim for PgClaim {
         })
         .await;
         match committed {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(err)) => {
-                discard(client);
-                Err(DbError::query("recording delivered reminders", &err).into())
+            Ok(Ok(())) => {
+                client.release();
+                Ok(())
             }
-            Err(_) => {
-                discard(client);
-                Err(DbError::Query {
-                    context: "recording delivered reminders",
-                    reason: format!("no answer within {:?}", self.query_timeout),
-                }
-                .into())
+            Ok(Err(err)) => Err(DbError::query("recording delivered reminders", &err).into()),
+            Err(_) => Err(DbError::Query {
+                context: "recording delivered reminders",
+                reason: format!("no answer within {:?}", self.query_timeout),
             }
+            .into()),
         }
     }
 }
@@ -213,6 +213,41 @@ impl Claim for PgClaim {
 impl Drop for PgClaim {
     fn drop(&mut self) {
         if let Some(client) = self.client.take() {
+            discard(client);
+        }
+    }
+}
+
+/// A pooled connection that goes back to the pool only when its user releases
+/// it in a known state. Dropped any other way (an error, a timeout that may
+/// have left a half-open socket, a round task aborted while `BEGIN` was in
+/// flight) it is closed, so no later user inherits a dead connection or an
+/// open transaction.
+struct Session(Option<Object>);
+
+impl Session {
+    /// Returns the connection to the pool.
+    fn release(mut self) {
+        drop(self.0.take());
+    }
+
+    /// Hands the connection to an owner that takes over the same duty.
+    fn into_inner(mut self) -> Object {
+        self.0.take().expect("a session is taken once")
+    }
+}
+
+impl std::ops::Deref for Session {
+    type Target = Object;
+
+    fn deref(&self) -> &Object {
+        self.0.as_ref().expect("a session is used until taken")
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take() {
             discard(client);
         }
     }

@@ -10,6 +10,8 @@
 
 pub mod api;
 pub mod otlp;
+pub mod private_pg;
+pub mod private_rabbit;
 pub mod process;
 pub mod proxy;
 pub mod schedule;

@@ -1,6 +1,11 @@
 //! A fault-injecting TCP proxy in front of a real server: it can cut every
 //! connection (RST), black-hole traffic (connections stay open, nothing is
 //! forwarded: no FIN, no RST, like a dropped NAT entry) and add latency.
+//! A black hole is either temporary and total ([`FaultProxy::blackhole`]: new
+//! connections hang too, and traffic resumes when it ends) or permanent for the
+//! connections open at the time ([`FaultProxy::blackhole_existing`]: those
+//! never carry another byte, while new ones work, as after a NAT entry or a
+//! failover dropped the old flows).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -20,6 +25,8 @@ struct Shared {
 pub struct FaultProxy {
     pub addr: SocketAddr,
     blackholed: watch::Sender<bool>,
+    /// Connections accepted before this index are black-holed for good.
+    doomed_before: watch::Sender<usize>,
     latency: watch::Sender<Duration>,
     shared: Arc<Shared>,
     acceptor: JoinHandle<()>,
@@ -32,21 +39,27 @@ impl FaultProxy {
             .expect("bind the proxy");
         let addr = listener.local_addr().expect("proxy address");
         let blackholed = watch::Sender::new(false);
+        let doomed_before = watch::Sender::new(0);
         let latency = watch::Sender::new(Duration::ZERO);
         let shared = Arc::new(Shared::default());
         let acceptor = tokio::spawn({
             let blackholed = blackholed.clone();
+            let doomed_before = doomed_before.clone();
             let latency = latency.clone();
             let shared = Arc::clone(&shared);
             async move {
                 while let Ok((client, _)) = listener.accept().await {
-                    *shared.accepted.lock().unwrap() += 1;
-                    let relay = tokio::spawn(relay(
-                        client,
-                        upstream,
-                        blackholed.subscribe(),
-                        latency.subscribe(),
-                    ));
+                    let index = {
+                        let mut accepted = shared.accepted.lock().unwrap();
+                        *accepted += 1;
+                        *accepted - 1
+                    };
+                    let gate = Gate {
+                        index,
+                        blackholed: blackholed.subscribe(),
+                        doomed_before: doomed_before.subscribe(),
+                    };
+                    let relay = tokio::spawn(relay(client, upstream, gate, latency.subscribe()));
                     let mut relays = shared.relays.lock().unwrap();
                     relays.retain(|relay| !relay.is_finished());
                     relays.push(relay);
@@ -56,6 +69,7 @@ impl FaultProxy {
         Self {
             addr,
             blackholed,
+            doomed_before,
             latency,
             shared,
             acceptor,
@@ -72,6 +86,13 @@ impl FaultProxy {
     /// Stops (or resumes) forwarding in both directions without closing anything.
     pub fn blackhole(&self, on: bool) {
         self.blackholed.send_replace(on);
+    }
+
+    /// Black-holes every connection open now, for good (until the proxy is
+    /// dropped or [`FaultProxy::cut`]); connections made afterwards work.
+    pub fn blackhole_existing(&self) {
+        let accepted = self.accepted();
+        self.doomed_before.send_replace(accepted);
     }
 
     pub fn set_latency(&self, latency: Duration) {
@@ -102,14 +123,41 @@ impl Drop for FaultProxy {
     }
 }
 
+/// Whether a connection may forward bytes now.
+#[derive(Clone)]
+struct Gate {
+    index: usize,
+    blackholed: watch::Receiver<bool>,
+    doomed_before: watch::Receiver<usize>,
+}
+
+impl Gate {
+    /// Waits until forwarding is allowed; `false` if the proxy is gone.
+    async fn open(&mut self) -> bool {
+        loop {
+            let doomed = self.index < *self.doomed_before.borrow_and_update();
+            if !doomed && !*self.blackholed.borrow_and_update() {
+                return true;
+            }
+            let changed = tokio::select! {
+                changed = self.blackholed.changed() => changed,
+                changed = self.doomed_before.changed() => changed,
+            };
+            if changed.is_err() {
+                return false;
+            }
+        }
+    }
+}
+
 async fn relay(
     client: TcpStream,
     upstream: SocketAddr,
-    mut blackholed: watch::Receiver<bool>,
+    mut gate: Gate,
     latency: watch::Receiver<Duration>,
 ) {
     // A black hole also swallows connection attempts: the handshake never answers.
-    if blackholed.wait_for(|on| !on).await.is_err() {
+    if !gate.open().await {
         return;
     }
     let Ok(server) = TcpStream::connect(upstream).await else {
@@ -120,13 +168,8 @@ async fn relay(
     let (client_read, client_write) = client.into_split();
     let (server_read, server_write) = server.into_split();
     tokio::join!(
-        pump(
-            client_read,
-            server_write,
-            blackholed.clone(),
-            latency.clone()
-        ),
-        pump(server_read, client_write, blackholed, latency),
+        pump(client_read, server_write, gate.clone(), latency.clone()),
+        pump(server_read, client_write, gate, latency),
     );
 }
 
@@ -138,19 +181,22 @@ fn reset_on_drop(stream: &TcpStream) {
 async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
-    mut blackholed: watch::Receiver<bool>,
+    mut gate: Gate,
     latency: watch::Receiver<Duration>,
 ) {
     let mut buffer = vec![0u8; 64 * 1024];
     loop {
         let read = match from.read(&mut buffer).await {
             Ok(0) | Err(_) => {
-                let _ = to.shutdown().await;
+                // Even the FIN is swallowed while the connection is black-holed.
+                if gate.open().await {
+                    let _ = to.shutdown().await;
+                }
                 return;
             }
             Ok(read) => read,
         };
-        if blackholed.wait_for(|on| !on).await.is_err() {
+        if !gate.open().await {
             return;
         }
         let delay = *latency.borrow();
