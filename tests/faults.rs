@@ -17,7 +17,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::process::{LogTail, Running, free_port, signal, spawn_daemon, wait_exit};
@@ -73,28 +72,6 @@ fn drain_settings() -> Vec<&'static str> {
 /// Rows of the drain tests: enough that a fault lands mid-drain.
 const DRAIN_BACKLOG: i64 = 20_000;
 
-fn address_of(url: &str, default_port: u16) -> SocketAddr {
-    let authority = url.split("://").nth(1).unwrap().split('/').next().unwrap();
-    let host_port = authority.rsplit('@').next().unwrap();
-    let host_port = if host_port.contains(':') {
-        host_port.to_owned()
-    } else {
-        format!("{host_port}:{default_port}")
-    };
-    host_port
-        .replace("localhost", "127.0.0.1")
-        .parse()
-        .expect("a host:port address")
-}
-
-fn postgres_address() -> SocketAddr {
-    address_of(&common::server_database_url(), 5432)
-}
-
-fn rabbitmq_address() -> SocketAddr {
-    address_of(&common::rabbitmq_url(), 5672)
-}
-
 /// Waits until every row is recorded as sent, then takes whatever still
 /// arrives (late repeats) until 500 ms pass quietly.
 async fn finish(
@@ -125,7 +102,7 @@ async fn a_database_black_holed_for_good_while_idle_is_detected_and_rows_written
  {
     let (db, broker) = (TestDb::migrated().await, TestBroker::new().await);
     let mut consumer = broker.consumer().await;
-    let proxy = FaultProxy::start(postgres_address()).await;
+    let proxy = FaultProxy::start(common::postgres_address()).await;
     let daemon = start_daemon_at(&proxy.url_for(&db.url), &broker, &QUICK_DETECTION).await;
     let client = db.client().await;
     // One delivery first, so the pool holds connections that go dead too.
@@ -171,7 +148,7 @@ async fn a_database_black_hole_while_idle_is_noticed_and_rows_written_during_it_
  {
     let (db, broker) = (TestDb::migrated().await, TestBroker::new().await);
     let mut consumer = broker.consumer().await;
-    let proxy = FaultProxy::start(postgres_address()).await;
+    let proxy = FaultProxy::start(common::postgres_address()).await;
     let daemon = start_daemon_at(&proxy.url_for(&db.url), &broker, &QUICK_DETECTION).await;
     let client = db.client().await;
     let warm = schedule(&client, 3_600_000, &[100]).await;
@@ -211,7 +188,7 @@ async fn cutting_every_database_connection_twice_during_a_backlog_drain_loses_no
     let (db, broker) = (TestDb::migrated().await, TestBroker::new().await);
     let mut consumer = broker.consumer().await;
     let client = db.client().await;
-    let proxy = FaultProxy::start(postgres_address()).await;
+    let proxy = FaultProxy::start(common::postgres_address()).await;
     let daemon = start_daemon_at(&proxy.url_for(&db.url), &broker, &drain_settings()).await;
     // Written while the daemon runs, so the faults below land mid-drain.
     backlog(&client, DRAIN_BACKLOG).await;
@@ -247,7 +224,7 @@ async fn a_broker_connection_black_holed_for_good_during_a_drain_is_replaced_and
     let (db, broker) = (TestDb::migrated().await, TestBroker::new().await);
     let mut consumer = broker.consumer().await;
     let client = db.client().await;
-    let proxy = FaultProxy::start(rabbitmq_address()).await;
+    let proxy = FaultProxy::start(common::rabbitmq_address()).await;
     let via_proxy = broker.via(proxy.url_for(&broker.url));
     let daemon = start_daemon_at(&db.url, &via_proxy, &drain_settings()).await;
     backlog(&client, DRAIN_BACKLOG).await;
@@ -291,8 +268,8 @@ async fn fifty_milliseconds_of_latency_to_both_servers_makes_nothing_early_and_l
     let (db, broker) = (TestDb::migrated().await, TestBroker::new().await);
     let mut consumer = broker.consumer().await;
     let client = db.client().await;
-    let pg_proxy = FaultProxy::start(postgres_address()).await;
-    let rabbit_proxy = FaultProxy::start(rabbitmq_address()).await;
+    let pg_proxy = FaultProxy::start(common::postgres_address()).await;
+    let rabbit_proxy = FaultProxy::start(common::rabbitmq_address()).await;
     let latency = Duration::from_millis(50);
     pg_proxy.set_latency(latency);
     rabbit_proxy.set_latency(latency);

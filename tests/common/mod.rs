@@ -42,20 +42,29 @@ pub fn rabbitmq_url() -> String {
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
 }
 
-/// Host and port of the test broker, for a proxy in front of it.
-pub fn rabbitmq_address() -> std::net::SocketAddr {
-    let url = rabbitmq_url();
+/// Host and port of a server URL, for a proxy in front of it.
+pub fn address_of(url: &str, default_port: u16) -> std::net::SocketAddr {
     let authority = url.split("://").nth(1).unwrap().split('/').next().unwrap();
     let host_port = authority.rsplit('@').next().unwrap();
     let host_port = if host_port.contains(':') {
         host_port.to_owned()
     } else {
-        format!("{host_port}:5672")
+        format!("{host_port}:{default_port}")
     };
     host_port
         .replace("localhost", "127.0.0.1")
         .parse()
-        .expect("broker address")
+        .expect("a host:port address")
+}
+
+/// Host and port of the test PostgreSQL server.
+pub fn postgres_address() -> std::net::SocketAddr {
+    address_of(&server_database_url(), 5432)
+}
+
+/// Host and port of the test broker.
+pub fn rabbitmq_address() -> std::net::SocketAddr {
+    address_of(&rabbitmq_url(), 5672)
 }
 
 fn with_database(url: &str, database: &str) -> String {
