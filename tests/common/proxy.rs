@@ -165,6 +165,9 @@ async fn relay(
     };
     reset_on_drop(&client);
     reset_on_drop(&server);
+    // As the real servers do: no Nagle delay on small messages.
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
     let (client_read, client_write) = client.into_split();
     let (server_read, server_write) = server.into_split();
     tokio::join!(
