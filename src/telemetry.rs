@@ -93,7 +93,7 @@ pub fn metrics_exported() -> bool {
 /// inside the Tokio runtime (the gRPC exporter binds to it). Fails with a
 /// one-line message for an invalid RUST_LOG or OTLP setting.
 pub fn init(args: &LoggingArgs) -> Result<Telemetry, String> {
-    check_protocols()?;
+    check_otlp_settings()?;
     let filter = match std::env::var("RUST_LOG") {
         Ok(directives) if !directives.trim().is_empty() => EnvFilter::try_new(&directives).map_err(|err| {
             format!("invalid RUST_LOG: '{directives}' ({err}); expected tracing directives such as info,actors=debug")
@@ -167,7 +167,7 @@ pub fn init(args: &LoggingArgs) -> Result<Telemetry, String> {
 /// The OTLP exporter silently ignores a protocol it does not know and quotes
 /// a bad endpoint whole, credentials included; check both first, naming the
 /// variable.
-fn check_protocols() -> Result<(), String> {
+fn check_otlp_settings() -> Result<(), String> {
     for name in [
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",

@@ -100,9 +100,9 @@ pub struct RoundContext<S> {
 }
 
 impl<S: ScheduleStore> RoundContext<S> {
-    /// Runs one round. An error (the database failing) ends the round; batches
-    /// already claimed keep settling on their own.
-    /// Runs within the round's span (see [`round_span`]) and records totals on it.
+    /// Runs one round, within the round's span (see [`round_span`]), and
+    /// records its totals there. An error (the database failing) ends the
+    /// round; batches already claimed keep settling on their own.
     pub async fn run(mut self) -> Result<RoundOutcome, PortError> {
         let round = tracing::Span::current();
         let mut last_claim_was_empty = false;
@@ -123,8 +123,9 @@ impl<S: ScheduleStore> RoundContext<S> {
             let claimed = claim.reminders().len();
             claim_span.record("batch.size", claimed);
             if claimed > 0 {
-                totals.add(claim.reminders());
-                self.dispatch(claim, permit, &publisher);
+                let oldest_ms = oldest_lateness_ms(claim.reminders());
+                totals.add(claimed, oldest_ms);
+                self.dispatch(claim, permit, &publisher, oldest_ms);
             }
             if claimed == self.batch_size {
                 last_claim_was_empty = false;
@@ -173,9 +174,10 @@ impl<S: ScheduleStore> RoundContext<S> {
         claim: S::Claim,
         permit: OwnedSemaphorePermit,
         publisher: &ActorRef<PublisherMessage>,
+        oldest_lateness_ms: f64,
     ) {
         let claimed_at = Instant::now();
-        let batch = batch_span(claim.reminders());
+        let batch = batch_span(claim.reminders(), oldest_lateness_ms);
         crate::metrics::batch_size(claim.reminders().len());
         let ids: Vec<Uuid> = claim.reminders().iter().map(|r| r.id).collect();
         self.in_flight.lock().extend(ids.iter().copied());
@@ -255,12 +257,12 @@ const MAX_LINKS: usize = 64;
 
 /// The span of one claimed batch, linked to the traces of the requests that
 /// scheduled its reminders.
-fn batch_span(reminders: &[DueReminder]) -> tracing::Span {
+fn batch_span(reminders: &[DueReminder], oldest_lateness_ms: f64) -> tracing::Span {
     let span = tracing::info_span!(
         "delivery batch",
         batch.size = reminders.len(),
         reminders.stale = reminders.iter().filter(|r| r.stale).count(),
-        lateness.oldest_ms = oldest_lateness_ms(reminders),
+        lateness.oldest_ms = oldest_lateness_ms,
         error = tracing::field::Empty,
     );
     let mut linked = HashSet::new();
@@ -298,10 +300,10 @@ struct RoundTotals {
 }
 
 impl RoundTotals {
-    fn add(&mut self, reminders: &[DueReminder]) {
-        self.reminders += reminders.len();
+    fn add(&mut self, claimed: usize, oldest_lateness_ms: f64) {
+        self.reminders += claimed;
         self.batches += 1;
-        self.oldest_lateness_ms = self.oldest_lateness_ms.max(oldest_lateness_ms(reminders));
+        self.oldest_lateness_ms = self.oldest_lateness_ms.max(oldest_lateness_ms);
     }
 
     fn finish(self, span: &tracing::Span, outcome: RoundOutcome) -> RoundOutcome {

@@ -268,21 +268,14 @@ where
             return;
         }
         let restart = self.children[index(child)].ran_before;
-        let span = if restart {
-            tracing::info_span!(
-                parent: None,
-                "actor restart",
-                actor = child.name(),
-                error = tracing::field::Empty
-            )
-        } else {
-            tracing::info_span!(
-                parent: None,
-                "actor start",
-                actor = child.name(),
-                error = tracing::field::Empty
-            )
-        };
+        // One span, exported as "actor start" or "actor restart".
+        let span = tracing::info_span!(
+            parent: None,
+            "actor start",
+            otel.name = if restart { "actor restart" } else { "actor start" },
+            actor = child.name(),
+            error = tracing::field::Empty
+        );
         let spawned = self
             .spawn(child, myself.get_cell())
             .instrument(span.clone())
