@@ -8,14 +8,14 @@ use std::time::Duration;
 use actors::backoff::Backoff;
 use actors::readiness::{Component, Readiness};
 use actors::scheduler::SchedulerSettings;
-use actors::supervisor::{DaemonSupervisor, SupervisorArgs, SupervisorMessage, SupervisorSettings};
+use actors::supervisor::{SupervisorActor, SupervisorArgs, SupervisorMessage, SupervisorSettings};
 use ractor::{Actor, ActorRef};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::broker::publisher::{LapinConnector, PublisherSettings};
 use crate::config::DaemonArgs;
-use crate::db::change_feed::{ChangeFeedSettings, PgChangeFeed};
+use crate::db::listen::{ListenSettings, PgListenConnector};
 use crate::db::schedule_store::{PgScheduleStore, StoreSettings};
 use crate::db::{self, migrate};
 use crate::http::health;
@@ -80,9 +80,9 @@ impl RunningDaemon {
                 connect_timeout: args.broker.rabbitmq_connect_timeout,
                 connection_name: format!("notification-scheduler daemon {instance}"),
             })),
-            change_feed: Arc::new(PgChangeFeed::new(
+            listen: Arc::new(PgListenConnector::new(
                 args.database.database_url.clone(),
-                ChangeFeedSettings {
+                ListenSettings {
                     connect_timeout: args.database.database_connect_timeout,
                     ping_timeout: args.query_timeout,
                 },
@@ -92,7 +92,7 @@ impl RunningDaemon {
             fatal: fatal_sender,
         };
         let (supervisor, supervisor_done) =
-            Actor::spawn(None, DaemonSupervisor::default(), supervisor_args).await?;
+            Actor::spawn(None, SupervisorActor::default(), supervisor_args).await?;
         tracing::info!(
             database = args.database.database_url.masked(),
             broker = args.broker.rabbitmq_url.masked(),

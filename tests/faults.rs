@@ -169,7 +169,7 @@ async fn a_database_black_hole_while_idle_is_noticed_and_rows_written_during_it_
     wait_for(
         "the daemon to report the LISTEN connection down",
         Duration::from_secs(8),
-        || async { !daemon.readiness.report().change_feed.ready },
+        || async { !daemon.readiness.report().listener.ready },
     )
     .await;
     // Nothing can be claimed meanwhile; let the outage last past several

@@ -126,7 +126,7 @@ async fn postgres_stopped_and_restarted_while_reminders_are_pending_loses_nothin
     wait_for_count(&client, "NOT sent", 3).await;
     pg.stop("fast").await;
     wait_until("the daemon to notice the database is gone", || {
-        !daemon.readiness.report().change_feed.ready
+        !daemon.readiness.report().listener.ready
     })
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;

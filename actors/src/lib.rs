@@ -1,7 +1,7 @@
 //! The supervised actor system of the notification scheduler.
 //!
 //! ```text
-//!   DaemonSupervisor ── restarts children with fresh state, capped backoff
+//!   SupervisorActor ── restarts children with fresh state, capped backoff
 //!     ├─ PublisherActor  RabbitMQ connection, confirm-mode channel
 //!     ├─ SchedulerActor  earliest deadline, one timer, delivery rounds
 //!     └─ ListenerActor   dedicated LISTEN connection, pings
@@ -12,15 +12,16 @@
 //! here can be tested against in-memory fakes.
 
 pub mod backoff;
+pub mod error_chain;
 pub mod flow;
 pub mod listener;
 pub mod metrics;
 pub mod model;
-pub mod peers;
 pub mod ports;
 pub mod publisher;
 pub mod readiness;
 pub mod scheduler;
+pub mod slot;
 pub mod supervisor;
 #[cfg(test)]
 pub mod testing;

@@ -39,23 +39,12 @@ pub struct NextDue {
     pub delay: Duration,
 }
 
-/// The kind of statement that changed the schedule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Operation {
-    Insert,
-    Update,
-    Delete,
-}
-
 /// What a change notification says. Always a hint: the table is the truth.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChangeHint {
     /// A statement added, moved or removed pending reminders, the earliest of
     /// which (old or new time) is `earliest`.
-    Changed {
-        operation: Operation,
-        earliest: DateTime<Utc>,
-    },
+    Changed { earliest: DateTime<Utc> },
     /// A payload this version does not understand (an older writer's trigger,
     /// a hand-sent NOTIFY): something may have changed.
     Unrecognised {

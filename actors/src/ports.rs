@@ -5,22 +5,69 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
-use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::model::{ChangeHint, DueReminder, NextDue, PublishOutcome};
 
-/// An error crossing a port: actors log it and fail, and their supervisor
-/// restarts them.
-pub type PortError = Box<dyn std::error::Error + Send + Sync + 'static>;
+/// An adapter's own error, with its source chain.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
-/// A port error that retrying cannot fix (a configuration mismatch such as an
-/// exchange declared with another type). The supervisor stops the daemon with
-/// it instead of restarting the failed actor.
+/// An error crossing a port. Its variant decides what the supervisor does
+/// with the actor that met it.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Unrecoverable(pub String);
+pub enum PortError {
+    /// Retrying can fix it (a server unreachable, a connection lost, a
+    /// statement timed out): the actor fails and is restarted after a backoff.
+    #[error(transparent)]
+    Transient(BoxError),
+    /// Retrying cannot fix it (a configuration mismatch such as an exchange
+    /// declared with another type): the daemon stops.
+    #[error(transparent)]
+    Unrecoverable(BoxError),
+}
+
+impl PortError {
+    /// A failure worth retrying.
+    pub fn transient(err: impl Into<BoxError>) -> Self {
+        Self::Transient(err.into())
+    }
+
+    /// A failure that retrying cannot fix.
+    pub fn unrecoverable(err: impl Into<BoxError>) -> Self {
+        Self::Unrecoverable(err.into())
+    }
+
+    /// Whether the daemon must stop rather than retry.
+    pub fn is_unrecoverable(&self) -> bool {
+        matches!(self, Self::Unrecoverable(_))
+    }
+}
+
+/// Where an adapter's connection task delivers what the connection reports:
+/// straight into the owning actor's mailbox, so each event source has one
+/// forwarding task. [`EventSink::send`] returns `false` once the actor is gone,
+/// and the task then ends.
+pub struct EventSink<E>(Arc<dyn Fn(E) -> bool + Send + Sync>);
+
+impl<E> Clone for EventSink<E> {
+    fn clone(&self) -> Self {
+        Self(Arc::clone(&self.0))
+    }
+}
+
+impl<E> EventSink<E> {
+    /// A sink calling `deliver` for each event.
+    pub fn new(deliver: impl Fn(E) -> bool + Send + Sync + 'static) -> Self {
+        Self(Arc::new(deliver))
+    }
+
+    /// Delivers one event; `false` if nobody receives events any more.
+    pub fn send(&self, event: E) -> bool {
+        (self.0)(event)
+    }
+}
 
 /// The schedule table.
 pub trait ScheduleStore: Clone + Send + Sync + 'static {
@@ -58,12 +105,11 @@ pub trait BrokerConnector: Send + Sync + 'static {
     type Session: BrokerSession;
 
     /// Connects, opens a confirm-mode channel and declares the exchange.
-    /// Events about the connection arrive on the returned receiver.
+    /// Events about the connection go to `events`.
     fn connect(
         &self,
-    ) -> impl Future<
-        Output = Result<(Self::Session, mpsc::UnboundedReceiver<BrokerEvent>), PortError>,
-    > + Send;
+        events: EventSink<BrokerEvent>,
+    ) -> impl Future<Output = Result<Self::Session, PortError>> + Send;
 }
 
 /// Confirms of a published batch: one outcome per message, in order.
@@ -91,29 +137,28 @@ pub enum BrokerEvent {
     Lost(String),
 }
 
-/// A way to open LISTEN sessions (one per listener incarnation).
-pub trait ChangeFeedConnector: Send + Sync + 'static {
+/// A way to open LISTEN connections (one per listener incarnation).
+pub trait ListenConnector: Send + Sync + 'static {
     /// A dedicated connection that LISTENs on the change channel.
-    type Session: ChangeFeedSession;
+    type Session: ListenSession;
 
     /// Connects and subscribes. Notifications and the loss of the connection
-    /// arrive on the returned receiver.
+    /// go to `events`.
     fn connect(
         &self,
-    ) -> impl Future<
-        Output = Result<(Self::Session, mpsc::UnboundedReceiver<ChangeFeedEvent>), PortError>,
-    > + Send;
+        events: EventSink<ListenEvent>,
+    ) -> impl Future<Output = Result<Self::Session, PortError>> + Send;
 }
 
 /// An open LISTEN connection.
-pub trait ChangeFeedSession: Send + Sync + 'static {
+pub trait ListenSession: Send + Sync + 'static {
     /// A round trip proving the connection is alive and still subscribed.
     fn ping(&self) -> impl Future<Output = Result<(), PortError>> + Send;
 }
 
 /// Something the LISTEN connection reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ChangeFeedEvent {
+pub enum ListenEvent {
     /// A change notification, already decoded.
     Changed(ChangeHint),
     /// The connection is gone.

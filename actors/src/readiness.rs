@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 pub enum Component {
     /// Queries on the pool (claims, next-due) succeed.
     Database,
-    /// The dedicated LISTEN connection is up.
-    ChangeFeed,
+    /// The listener's dedicated LISTEN connection is up.
+    Listener,
     /// The broker connection and its confirm channel are up.
     Broker,
 }
@@ -27,14 +27,14 @@ pub struct ComponentStatus {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ReadinessReport {
     pub database: ComponentStatus,
-    pub change_feed: ComponentStatus,
+    pub listener: ComponentStatus,
     pub broker: ComponentStatus,
 }
 
 impl ReadinessReport {
     /// Ready when every dependency is.
     pub fn ready(&self) -> bool {
-        self.database.ready && self.change_feed.ready && self.broker.ready
+        self.database.ready && self.listener.ready && self.broker.ready
     }
 }
 
@@ -48,7 +48,7 @@ impl Readiness {
         let mut report = self.0.lock().unwrap_or_else(|poison| poison.into_inner());
         let status = match component {
             Component::Database => &mut report.database,
-            Component::ChangeFeed => &mut report.change_feed,
+            Component::Listener => &mut report.listener,
             Component::Broker => &mut report.broker,
         };
         let next = ComponentStatus { ready, detail };

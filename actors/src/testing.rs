@@ -5,13 +5,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::model::{DueReminder, NextDue, PublishOutcome};
 use crate::ports::{
-    BrokerConnector, BrokerEvent, BrokerSession, Claim, PendingConfirms, PortError, ScheduleStore,
+    BrokerConnector, BrokerEvent, BrokerSession, Claim, EventSink, ListenConnector, ListenEvent,
+    ListenSession, PendingConfirms, PortError, ScheduleStore,
 };
 
 /// What a committed claim recorded for a row.
@@ -153,7 +153,7 @@ impl FakeStore {
 
     fn check(&self) -> Result<(), PortError> {
         match &self.lock().failing {
-            Some(reason) => Err(reason.clone().into()),
+            Some(reason) => Err(PortError::transient(reason.clone())),
             None => Ok(()),
         }
     }
@@ -288,7 +288,7 @@ struct BrokerInner {
     connect_failures: VecDeque<PortError>,
     connects: usize,
     batch_sizes: Vec<usize>,
-    events: Option<mpsc::UnboundedSender<BrokerEvent>>,
+    events: Option<EventSink<BrokerEvent>>,
     confirm_delay: Duration,
 }
 
@@ -333,8 +333,9 @@ impl FakeBroker {
 
     /// Sends an event on the current session's event channel.
     pub fn emit(&self, event: BrokerEvent) {
-        if let Some(events) = &self.lock().events {
-            let _ = events.send(event);
+        let events = self.lock().events.clone();
+        if let Some(events) = events {
+            events.send(event);
         }
     }
 
@@ -346,17 +347,14 @@ impl FakeBroker {
 impl BrokerConnector for FakeBroker {
     type Session = FakeBroker;
 
-    async fn connect(
-        &self,
-    ) -> Result<(FakeBroker, mpsc::UnboundedReceiver<BrokerEvent>), PortError> {
+    async fn connect(&self, events: EventSink<BrokerEvent>) -> Result<FakeBroker, PortError> {
         let mut inner = self.lock();
         inner.connects += 1;
         if let Some(err) = inner.connect_failures.pop_front() {
             return Err(err);
         }
-        let (sender, receiver) = mpsc::unbounded_channel();
-        inner.events = Some(sender);
-        Ok((self.clone(), receiver))
+        inner.events = Some(events);
+        Ok(self.clone())
     }
 }
 
@@ -392,11 +390,11 @@ impl BrokerSession for FakeBroker {
 #[derive(Default)]
 struct FeedInner {
     connects: usize,
-    events: Option<mpsc::UnboundedSender<crate::ports::ChangeFeedEvent>>,
+    events: Option<EventSink<ListenEvent>>,
     ping_failure: Option<String>,
 }
 
-/// A change feed whose notifications and losses the test triggers.
+/// A LISTEN connection whose notifications and losses the test triggers.
 #[derive(Clone, Default)]
 pub struct FakeFeed {
     inner: Arc<Mutex<FeedInner>>,
@@ -408,9 +406,10 @@ impl FakeFeed {
     }
 
     /// Sends an event on the current session.
-    pub fn emit(&self, event: crate::ports::ChangeFeedEvent) {
-        if let Some(events) = &self.inner.lock().unwrap().events {
-            let _ = events.send(event);
+    pub fn emit(&self, event: ListenEvent) {
+        let events = self.inner.lock().unwrap().events.clone();
+        if let Some(events) = events {
+            events.send(event);
         }
     }
 
@@ -420,30 +419,21 @@ impl FakeFeed {
     }
 }
 
-impl crate::ports::ChangeFeedConnector for FakeFeed {
+impl ListenConnector for FakeFeed {
     type Session = FakeFeed;
 
-    async fn connect(
-        &self,
-    ) -> Result<
-        (
-            FakeFeed,
-            mpsc::UnboundedReceiver<crate::ports::ChangeFeedEvent>,
-        ),
-        PortError,
-    > {
-        let (sender, receiver) = mpsc::unbounded_channel();
+    async fn connect(&self, events: EventSink<ListenEvent>) -> Result<FakeFeed, PortError> {
         let mut inner = self.inner.lock().unwrap();
         inner.connects += 1;
-        inner.events = Some(sender);
-        Ok((self.clone(), receiver))
+        inner.events = Some(events);
+        Ok(self.clone())
     }
 }
 
-impl crate::ports::ChangeFeedSession for FakeFeed {
+impl ListenSession for FakeFeed {
     async fn ping(&self) -> Result<(), PortError> {
         match &self.inner.lock().unwrap().ping_failure {
-            Some(reason) => Err(reason.clone().into()),
+            Some(reason) => Err(PortError::transient(reason.clone())),
             None => Ok(()),
         }
     }

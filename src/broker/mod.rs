@@ -31,6 +31,14 @@ pub enum BrokerError {
     },
 }
 
+/// A broker failure that reconnecting can fix; configuration mismatches are
+/// reported as [`actors::ports::PortError::Unrecoverable`] where they are found.
+impl From<BrokerError> for actors::ports::PortError {
+    fn from(err: BrokerError) -> Self {
+        Self::transient(err)
+    }
+}
+
 /// Connects with a bounded handshake (lapin has none of its own) and the given
 /// heartbeat unless the URL sets one.
 pub async fn connect(

@@ -3,14 +3,14 @@
 //!
 //! A session runs three tasks: a writer that publishes batches in order (so
 //! callers never wait on a socket, which stalls while the broker applies flow
-//! control), the confirm collector, and an event forwarder that reports flow
-//! control and the loss of the connection or channel.
+//! control), the confirm collector, and the event task that reports flow
+//! control and the loss of the connection or channel to the publisher actor.
 
 use std::time::Duration;
 
 use actors::model::{DueReminder, PublishOutcome};
 use actors::ports::{
-    BrokerConnector, BrokerEvent, BrokerSession, PendingConfirms, PortError, Unrecoverable,
+    BrokerConnector, BrokerEvent, BrokerSession, EventSink, PendingConfirms, PortError,
 };
 use chrono::Utc;
 use futures_util::StreamExt;
@@ -58,9 +58,7 @@ impl LapinConnector {
 impl BrokerConnector for LapinConnector {
     type Session = LapinSession;
 
-    async fn connect(
-        &self,
-    ) -> Result<(LapinSession, mpsc::UnboundedReceiver<BrokerEvent>), PortError> {
+    async fn connect(&self, events: EventSink<BrokerEvent>) -> Result<LapinSession, PortError> {
         let settings = &self.settings;
         let connection = super::connect(
             &settings.url,
@@ -70,7 +68,7 @@ impl BrokerConnector for LapinConnector {
         )
         .await?;
         // lapin drops events emitted while nobody listens: subscribe first.
-        let events = connection.events_listener();
+        let connection_events = connection.events_listener();
         let bounded = |future| tokio::time::timeout(settings.connect_timeout, future);
         let channel = bounded(connection.create_channel())
             .await
@@ -101,19 +99,18 @@ impl BrokerConnector for LapinConnector {
             if let ErrorKind::ProtocolError(amqp) = err.kind()
                 && amqp.get_id() == 406
             {
-                return Err(Box::new(Unrecoverable(format!(
+                return Err(PortError::unrecoverable(format!(
                     "exchange '{}' exists on RabbitMQ at {} with another type or durability \
                      ({}); it must be a durable topic exchange",
                     settings.exchange,
                     settings.url.endpoint(),
                     amqp.get_message()
-                ))));
+                )));
             }
             return Err(self.operation_error("declaring the exchange", &err).into());
         }
 
-        let (event_sender, event_receiver) = mpsc::unbounded_channel();
-        let forwarder = tokio::spawn(forward_events(events, event_sender));
+        let reporter = tokio::spawn(report_events(connection_events, events));
         let (confirm_sender, confirm_receiver) = mpsc::unbounded_channel();
         let collector = tokio::spawn(confirms::collect(confirm_receiver));
         let (writer_sender, writer_receiver) = mpsc::unbounded_channel();
@@ -128,10 +125,10 @@ impl BrokerConnector for LapinConnector {
             connection,
             channel,
             writer: writer_sender,
-            tasks: vec![forwarder, collector, writer],
+            tasks: vec![reporter, collector, writer],
             close_timeout: settings.connect_timeout,
         };
-        Ok((session, event_receiver))
+        Ok(session)
     }
 }
 
@@ -243,9 +240,9 @@ async fn write_batches(
 
 /// Reports flow control, and the end of the connection or the channel (after
 /// any error the channel is unusable).
-async fn forward_events(
+async fn report_events(
     events: impl futures_util::Stream<Item = Event> + Send + 'static,
-    sender: mpsc::UnboundedSender<BrokerEvent>,
+    sink: EventSink<BrokerEvent>,
 ) {
     let mut events = std::pin::pin!(events);
     while let Some(event) = events.next().await {
@@ -256,9 +253,9 @@ async fn forward_events(
             _ => continue,
         };
         let lost = matches!(forwarded, BrokerEvent::Lost(_));
-        if sender.send(forwarded).is_err() || lost {
+        if !sink.send(forwarded) || lost {
             return;
         }
     }
-    let _ = sender.send(BrokerEvent::Lost("the connection closed".to_owned()));
+    sink.send(BrokerEvent::Lost("the connection closed".to_owned()));
 }

@@ -3,7 +3,7 @@
 //! Errors leaving this module name the server by host and port and say what
 //! went wrong in one line, instead of a raw driver error chain.
 
-pub mod change_feed;
+pub mod listen;
 pub mod migrate;
 pub mod schedule_store;
 
@@ -30,6 +30,13 @@ pub enum DbError {
         context: &'static str,
         reason: String,
     },
+}
+
+/// Every database failure is worth retrying: the server may come back.
+impl From<DbError> for actors::ports::PortError {
+    fn from(err: DbError) -> Self {
+        Self::transient(err)
+    }
 }
 
 impl DbError {

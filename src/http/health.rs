@@ -53,7 +53,7 @@ impl From<ComponentStatus> for ComponentBody {
 struct ReadyBody {
     ready: bool,
     database: ComponentBody,
-    listen_connection: ComponentBody,
+    listener: ComponentBody,
     broker: ComponentBody,
 }
 
@@ -63,7 +63,7 @@ async fn ready(State(readiness): State<Readiness>) -> impl IntoResponse {
     let body = ReadyBody {
         ready,
         database: report.database.into(),
-        listen_connection: report.change_feed.into(),
+        listener: report.listener.into(),
         broker: report.broker.into(),
     };
     let status = if ready {

@@ -17,38 +17,46 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::model::ChangeHint;
-use crate::peers::Peers;
-use crate::ports::{ChangeFeedConnector, ChangeFeedEvent, ChangeFeedSession};
+use crate::ports::{EventSink, ListenConnector, ListenEvent, ListenSession, PortError};
 use crate::scheduler::SchedulerMessage;
+use crate::slot::Slot;
 
 /// Messages of the [`ListenerActor`].
 #[derive(Debug)]
 pub enum ListenerMessage {
-    /// From the connection task: a notification or the loss of the connection.
-    Feed(ChangeFeedEvent),
+    /// From the connection's task: a notification or the loss of the connection.
+    Listen(ListenEvent),
     /// From the ping interval: prove the connection is alive.
     Ping,
 }
 
+/// Why the [`ListenerActor`] failed; its supervisor reconnects it.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenerError {
+    #[error("LISTEN connection lost: {0}")]
+    Lost(String),
+    #[error("LISTEN connection ping failed")]
+    Ping(#[source] PortError),
+}
+
 /// Start-up arguments of the [`ListenerActor`].
-pub struct ListenerArgs<C: ChangeFeedConnector> {
+pub struct ListenerArgs<C: ListenConnector> {
     pub connector: Arc<C>,
     pub ping_interval: Duration,
-    pub peers: Peers,
+    /// The only actor the listener talks to.
+    pub scheduler: Slot<ActorRef<SchedulerMessage>>,
 }
 
 /// State of a running [`ListenerActor`].
-pub struct ListenerState<C: ChangeFeedConnector> {
+pub struct ListenerState<C: ListenConnector> {
     session: C::Session,
-    tasks: [JoinHandle<()>; 2],
-    peers: Peers,
+    ping: JoinHandle<()>,
+    scheduler: Slot<ActorRef<SchedulerMessage>>,
 }
 
-impl<C: ChangeFeedConnector> Drop for ListenerState<C> {
+impl<C: ListenConnector> Drop for ListenerState<C> {
     fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
+        self.ping.abort();
     }
 }
 
@@ -61,7 +69,7 @@ impl<C> Default for ListenerActor<C> {
     }
 }
 
-impl<C: ChangeFeedConnector> Actor for ListenerActor<C> {
+impl<C: ListenConnector> Actor for ListenerActor<C> {
     type Msg = ListenerMessage;
     type State = ListenerState<C>;
     type Arguments = ListenerArgs<C>;
@@ -71,26 +79,20 @@ impl<C: ChangeFeedConnector> Actor for ListenerActor<C> {
         myself: ActorRef<ListenerMessage>,
         args: ListenerArgs<C>,
     ) -> Result<ListenerState<C>, ActorProcessingErr> {
-        let (session, mut events) = args
+        let events = {
+            let myself = myself.clone();
+            EventSink::new(move |event| myself.send_message(ListenerMessage::Listen(event)).is_ok())
+        };
+        let session = args
             .connector
-            .connect()
+            .connect(events)
             .instrument(tracing::info_span!(parent: None, "listener connect"))
             .await?;
-        let forwarder = {
-            let myself = myself.clone();
-            tokio::spawn(async move {
-                while let Some(event) = events.recv().await {
-                    if myself.send_message(ListenerMessage::Feed(event)).is_err() {
-                        return;
-                    }
-                }
-            })
-        };
         let ping = myself.send_interval(args.ping_interval, || ListenerMessage::Ping);
         Ok(ListenerState {
             session,
-            tasks: [forwarder, ping],
-            peers: args.peers,
+            ping,
+            scheduler: args.scheduler,
         })
     }
 
@@ -100,7 +102,7 @@ impl<C: ChangeFeedConnector> Actor for ListenerActor<C> {
         state: &mut ListenerState<C>,
     ) -> Result<(), ActorProcessingErr> {
         // Subscribed now; anything that changed before is only in the table.
-        state.peers.scheduler.send(SchedulerMessage::Resync);
+        state.scheduler.send(SchedulerMessage::Resync);
         Ok(())
     }
 
@@ -111,19 +113,19 @@ impl<C: ChangeFeedConnector> Actor for ListenerActor<C> {
         state: &mut ListenerState<C>,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            ListenerMessage::Feed(ChangeFeedEvent::Changed(hint)) => {
+            ListenerMessage::Listen(ListenEvent::Changed(hint)) => {
                 if let ChangeHint::Unrecognised { payload } = &hint {
                     tracing::warn!(
                         payload = payload.as_str(),
                         "unrecognised change notification; re-reading the schedule"
                     );
                 }
-                state.peers.scheduler.send(SchedulerMessage::Changed(hint));
+                state.scheduler.send(SchedulerMessage::Changed(hint));
             }
-            ListenerMessage::Feed(ChangeFeedEvent::Lost(reason)) => {
-                return Err(format!("LISTEN connection lost: {reason}").into());
+            ListenerMessage::Listen(ListenEvent::Lost(reason)) => {
+                return Err(ListenerError::Lost(reason).into());
             }
-            ListenerMessage::Ping => state.session.ping().await?,
+            ListenerMessage::Ping => state.session.ping().await.map_err(ListenerError::Ping)?,
         }
         Ok(())
     }

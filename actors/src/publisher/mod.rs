@@ -1,41 +1,43 @@
 //! The PublisherActor owns the broker session: one connection with a channel
-//! in publisher-confirm mode. It publishes each batch it is sent and answers
-//! with one outcome per reminder once the broker has answered for all of them.
+//! in publisher-confirm mode.
 //!
-//! It never waits on the broker inside a handler: the session queues batches
-//! for its own writer, and a task per batch waits for the confirms. Losing the
-//! connection or the channel, or a batch whose confirms do not arrive within
-//! the confirm timeout (time blocked by flow control excluded), fails the
-//! actor; its supervisor restarts it with a new connection.
+//! Delivery rounds publish through its [`PublisherHandle`], which the actor
+//! places in a [`Slot`] while it runs: the session queues each batch for its
+//! own writer, and the task that settles the batch awaits the confirms itself.
+//! The actor hears only of what ends a session: losing the connection or the
+//! channel, or a batch whose confirms do not arrive within the confirm timeout
+//! (time blocked by flow control excluded). Either fails the actor; its
+//! supervisor restarts it with a new connection.
 
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tokio::task::JoinHandle;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::Instrument;
 
 use crate::flow::FlowControl;
 use crate::model::{DueReminder, PublishOutcome};
-use crate::ports::{BrokerConnector, BrokerEvent, BrokerSession, PendingConfirms};
+use crate::ports::{BrokerConnector, BrokerEvent, BrokerSession, EventSink, PendingConfirms};
+use crate::slot::Slot;
 
 /// Messages of the [`PublisherActor`].
 #[derive(Debug)]
 pub enum PublisherMessage {
-    /// From a delivery round: publish these reminders, in order, and reply
-    /// with one outcome per reminder once the broker has answered for all.
-    Publish {
-        reminders: Vec<DueReminder>,
-        reply: RpcReplyPort<Vec<PublishOutcome>>,
-        /// The batch's span, parent of the publish and confirm spans.
-        span: tracing::Span,
-    },
     /// From the session's event task: flow control or the loss of the connection.
     Broker(BrokerEvent),
-    /// From a confirm wait: the broker left a batch unanswered for the whole
+    /// From a settling batch: the broker left it unanswered for the whole
     /// confirm timeout, so the connection is presumed dead.
     ConfirmsTimedOut,
+}
+
+/// Why the [`PublisherActor`] failed; its supervisor reconnects it.
+#[derive(Debug, thiserror::Error)]
+pub enum PublisherError {
+    #[error("broker connection lost: {0}")]
+    Lost(String),
+    #[error("the broker left a batch unconfirmed for {0:?}; reconnecting")]
+    ConfirmsTimedOut(Duration),
 }
 
 /// Start-up arguments of the [`PublisherActor`].
@@ -43,19 +45,69 @@ pub struct PublisherArgs<C: BrokerConnector> {
     pub connector: Arc<C>,
     pub confirm_timeout: Duration,
     pub flow: FlowControl,
+    /// Where the actor places its handle once connected.
+    pub handle: Slot<PublisherHandle>,
 }
 
 /// State of a running [`PublisherActor`].
 pub struct PublisherState<C: BrokerConnector> {
-    session: C::Session,
-    events: JoinHandle<()>,
+    session: Arc<C::Session>,
     confirm_timeout: Duration,
     flow: FlowControl,
 }
 
-impl<C: BrokerConnector> Drop for PublisherState<C> {
-    fn drop(&mut self) {
-        self.events.abort();
+/// What a delivery round needs of the running publisher: its session to
+/// publish on, and its mailbox to report a confirm timeout to.
+#[derive(Clone)]
+pub struct PublisherHandle {
+    publish: Arc<dyn Fn(Vec<DueReminder>) -> PendingConfirms + Send + Sync>,
+    actor: ActorRef<PublisherMessage>,
+    confirm_timeout: Duration,
+    flow: FlowControl,
+}
+
+impl PublisherHandle {
+    /// Queues the reminders for publishing, in order; never waits for the
+    /// broker. `batch` is the span of the batch they belong to.
+    pub fn publish(&self, reminders: Vec<DueReminder>, batch: &tracing::Span) -> PendingConfirms {
+        tracing::info_span!(parent: batch, "publish", batch.size = reminders.len())
+            .in_scope(|| (self.publish)(reminders))
+    }
+
+    /// Waits for the confirms of `count` published messages. If the broker
+    /// leaves them unanswered for the confirm timeout, the publisher is told
+    /// (it reconnects) and every outcome is unknown.
+    pub async fn confirmed(
+        &self,
+        confirms: PendingConfirms,
+        count: usize,
+        batch: &tracing::Span,
+    ) -> Vec<PublishOutcome> {
+        let span = tracing::info_span!(
+            parent: batch,
+            "confirm",
+            confirmed = tracing::field::Empty,
+            timed_out = false,
+        );
+        let timeout = self.confirm_timeout;
+        let outcomes = match await_confirms(confirms, timeout, &self.flow)
+            .instrument(span.clone())
+            .await
+        {
+            Some(outcomes) => outcomes,
+            None => {
+                span.record("timed_out", true);
+                let _ = self.actor.send_message(PublisherMessage::ConfirmsTimedOut);
+                let reason = format!("no confirm from the broker within {timeout:?}");
+                vec![PublishOutcome::Unknown(reason); count]
+            }
+        };
+        let confirmed = outcomes
+            .iter()
+            .filter(|outcome| **outcome == PublishOutcome::Confirmed)
+            .count();
+        span.record("confirmed", confirmed);
+        outcomes
     }
 }
 
@@ -78,24 +130,30 @@ impl<C: BrokerConnector> Actor for PublisherActor<C> {
         myself: ActorRef<PublisherMessage>,
         args: PublisherArgs<C>,
     ) -> Result<PublisherState<C>, ActorProcessingErr> {
-        let (session, mut events) = args
+        let events = {
+            let myself = myself.clone();
+            EventSink::new(move |event| {
+                myself.send_message(PublisherMessage::Broker(event)).is_ok()
+            })
+        };
+        let session = args
             .connector
-            .connect()
+            .connect(events)
             .instrument(tracing::info_span!(parent: None, "publisher connect"))
             .await?;
-        let events = tokio::spawn(async move {
-            while let Some(event) = events.recv().await {
-                if myself
-                    .send_message(PublisherMessage::Broker(event))
-                    .is_err()
-                {
-                    return;
-                }
-            }
-        });
+        let session = Arc::new(session);
+        let publish = {
+            let session = Arc::clone(&session);
+            Arc::new(move |reminders| session.publish(reminders))
+        };
+        args.handle.set(Some(PublisherHandle {
+            publish,
+            actor: myself,
+            confirm_timeout: args.confirm_timeout,
+            flow: args.flow.clone(),
+        }));
         Ok(PublisherState {
             session,
-            events,
             confirm_timeout: args.confirm_timeout,
             flow: args.flow,
         })
@@ -103,49 +161,11 @@ impl<C: BrokerConnector> Actor for PublisherActor<C> {
 
     async fn handle(
         &self,
-        myself: ActorRef<PublisherMessage>,
+        _myself: ActorRef<PublisherMessage>,
         message: PublisherMessage,
         state: &mut PublisherState<C>,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            PublisherMessage::Publish {
-                reminders,
-                reply,
-                span,
-            } => {
-                let count = reminders.len();
-                let confirms = tracing::info_span!(parent: &span, "publish", batch.size = count)
-                    .in_scope(|| state.session.publish(reminders));
-                let timeout = state.confirm_timeout;
-                let flow = state.flow.clone();
-                let confirm_span = tracing::info_span!(
-                    parent: &span,
-                    "confirm",
-                    confirmed = tracing::field::Empty,
-                    timed_out = false,
-                );
-                tokio::spawn(
-                    async move {
-                        let outcomes = match await_confirms(confirms, timeout, &flow).await {
-                            Some(outcomes) => outcomes,
-                            None => {
-                                tracing::Span::current().record("timed_out", true);
-                                let _ = myself.send_message(PublisherMessage::ConfirmsTimedOut);
-                                let reason =
-                                    format!("no confirm from the broker within {timeout:?}");
-                                vec![PublishOutcome::Unknown(reason); count]
-                            }
-                        };
-                        let confirmed = outcomes
-                            .iter()
-                            .filter(|outcome| **outcome == PublishOutcome::Confirmed)
-                            .count();
-                        tracing::Span::current().record("confirmed", confirmed);
-                        let _ = reply.send(outcomes);
-                    }
-                    .instrument(confirm_span),
-                );
-            }
             PublisherMessage::Broker(BrokerEvent::Blocked(reason)) => {
                 if state.flow.set_blocked(true) {
                     tracing::warn!(
@@ -160,14 +180,10 @@ impl<C: BrokerConnector> Actor for PublisherActor<C> {
                 }
             }
             PublisherMessage::Broker(BrokerEvent::Lost(reason)) => {
-                return Err(format!("broker connection lost: {reason}").into());
+                return Err(PublisherError::Lost(reason).into());
             }
             PublisherMessage::ConfirmsTimedOut => {
-                return Err(format!(
-                    "the broker left a batch unconfirmed for {:?}; reconnecting",
-                    state.confirm_timeout
-                )
-                .into());
+                return Err(PublisherError::ConfirmsTimedOut(state.confirm_timeout).into());
             }
         }
         Ok(())
@@ -185,7 +201,7 @@ impl<C: BrokerConnector> Actor for PublisherActor<C> {
 
 /// Waits for a batch's confirms, for at most `timeout` of time in which the
 /// broker was not blocking publishers. `None` means the time ran out.
-pub async fn await_confirms(
+async fn await_confirms(
     confirms: PendingConfirms,
     timeout: Duration,
     flow: &FlowControl,

@@ -20,15 +20,17 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-pub use round::RoundOutcome;
 use round::{InFlight, RoundContext};
+pub use round::{RoundOutcome, SettleError};
 
 use crate::backoff::Backoff;
+use crate::error_chain::Chain;
 use crate::flow::FlowControl;
 use crate::model::ChangeHint;
-use crate::peers::Peers;
-use crate::ports::ScheduleStore;
+use crate::ports::{PortError, ScheduleStore};
+use crate::publisher::PublisherHandle;
 use crate::readiness::{Component, Readiness};
+use crate::slot::Slot;
 
 /// Messages of the [`SchedulerActor`].
 #[derive(Debug)]
@@ -46,13 +48,23 @@ pub enum SchedulerMessage {
     /// From the round task: the round ended.
     RoundFinished(RoundOutcome),
     /// From the round task: the database failed.
-    RoundFailed(String),
+    RoundFailed(PortError),
     /// From a settling batch: some reminders were not confirmed, or recording
     /// the outcome failed. They are pending again.
-    BatchFailed(String),
+    BatchFailed(SettleError),
     /// From the supervisor on shutdown: stop claiming, and reply once every
     /// claimed batch has settled.
     Drain(RpcReplyPort<()>),
+}
+
+/// Why the [`SchedulerActor`] failed; its supervisor restarts it, and the new
+/// incarnation starts with a round.
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    #[error("delivery round failed")]
+    Round(#[source] PortError),
+    #[error("delivery failed")]
+    Batch(#[source] SettleError),
 }
 
 /// Tuning of the scheduler.
@@ -74,7 +86,8 @@ pub struct SchedulerSettings {
 pub struct SchedulerArgs<S> {
     pub store: S,
     pub settings: SchedulerSettings,
-    pub peers: Peers,
+    /// The running publisher, the only part the scheduler talks to.
+    pub publisher: Slot<PublisherHandle>,
     pub flow: FlowControl,
     pub readiness: Readiness,
 }
@@ -90,7 +103,7 @@ struct Armed {
 pub struct SchedulerState<S> {
     store: S,
     settings: SchedulerSettings,
-    peers: Peers,
+    publisher: Slot<PublisherHandle>,
     flow: FlowControl,
     readiness: Readiness,
     in_flight: InFlight,
@@ -150,7 +163,7 @@ impl<S: ScheduleStore> SchedulerState<S> {
         self.disarm();
         let context = RoundContext {
             store: self.store.clone(),
-            peers: self.peers.clone(),
+            publisher: self.publisher.clone(),
             flow: self.flow.clone(),
             in_flight: self.in_flight.clone(),
             batch_size: self.settings.batch_size,
@@ -162,7 +175,7 @@ impl<S: ScheduleStore> SchedulerState<S> {
             async move {
                 let message = match context.run().await {
                     Ok(outcome) => SchedulerMessage::RoundFinished(outcome),
-                    Err(err) => SchedulerMessage::RoundFailed(err.to_string()),
+                    Err(err) => SchedulerMessage::RoundFailed(err),
                 };
                 let _ = myself.send_message(message);
             }
@@ -227,7 +240,7 @@ impl<S: ScheduleStore> Actor for SchedulerActor<S> {
             in_flight: InFlight::new(args.settings.max_in_flight_batches),
             store: args.store,
             settings: args.settings,
-            peers: args.peers,
+            publisher: args.publisher,
             flow: args.flow,
             readiness: args.readiness,
             armed: None,
@@ -275,16 +288,14 @@ impl<S: ScheduleStore> Actor for SchedulerActor<S> {
                 }
             }
             SchedulerMessage::RoundFinished(outcome) => state.round_finished(&myself, outcome),
-            SchedulerMessage::RoundFailed(reason) => {
+            SchedulerMessage::RoundFailed(err) => {
                 state.round = None;
                 state
                     .readiness
-                    .set(Component::Database, false, Some(reason.clone()));
-                return Err(format!("delivery round failed: {reason}").into());
+                    .set(Component::Database, false, Some(Chain(&err).to_string()));
+                return Err(SchedulerError::Round(err).into());
             }
-            SchedulerMessage::BatchFailed(reason) => {
-                return Err(format!("delivery failed: {reason}").into());
-            }
+            SchedulerMessage::BatchFailed(err) => return Err(SchedulerError::Batch(err).into()),
             SchedulerMessage::Drain(reply) => {
                 state.stopping.send_replace(true);
                 state.disarm();

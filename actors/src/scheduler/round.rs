@@ -21,9 +21,9 @@ use super::SchedulerMessage;
 use crate::flow::FlowControl;
 use crate::metrics::Outcome;
 use crate::model::{DueReminder, NextDue, PublishOutcome};
-use crate::peers::Peers;
 use crate::ports::{Claim, PortError, ScheduleStore};
-use crate::publisher::PublisherMessage;
+use crate::publisher::PublisherHandle;
+use crate::slot::Slot;
 use crate::trace_context;
 
 /// How a round ended, and so what the scheduler arms next.
@@ -91,7 +91,7 @@ impl InFlight {
 /// Everything a round needs; cloned from the scheduler's state.
 pub struct RoundContext<S> {
     pub store: S,
-    pub peers: Peers,
+    pub publisher: Slot<PublisherHandle>,
     pub flow: FlowControl,
     pub in_flight: InFlight,
     pub batch_size: usize,
@@ -111,7 +111,7 @@ impl<S: ScheduleStore> RoundContext<S> {
             let Some(permit) = self.permit_to_claim().await else {
                 return Ok(totals.finish(&round, RoundOutcome::Stopped));
             };
-            let Some(publisher) = self.peers.publisher.get() else {
+            let Some(publisher) = self.publisher.get() else {
                 return Ok(totals.finish(&round, RoundOutcome::PublisherUnavailable));
             };
             let claim_span = tracing::info_span!("claim", batch.size = tracing::field::Empty);
@@ -173,7 +173,7 @@ impl<S: ScheduleStore> RoundContext<S> {
         &self,
         claim: S::Claim,
         permit: OwnedSemaphorePermit,
-        publisher: &ActorRef<PublisherMessage>,
+        publisher: &PublisherHandle,
         oldest_lateness_ms: f64,
     ) {
         let claimed_at = Instant::now();
@@ -189,30 +189,18 @@ impl<S: ScheduleStore> RoundContext<S> {
             .collect();
         let live_ids: Vec<Uuid> = live.iter().map(|r| r.id).collect();
         let claim_lateness: Vec<Duration> = live.iter().map(|r| r.lateness).collect();
-        let confirms = if live.is_empty() {
-            None
-        } else {
-            let (reply, outcomes) = tokio::sync::oneshot::channel();
-            let sent = publisher.send_message(PublisherMessage::Publish {
-                reminders: live,
-                reply: reply.into(),
-                span: batch.clone(),
-            });
-            Some((sent.is_ok(), outcomes))
-        };
+        let confirms = (!live.is_empty()).then(|| publisher.publish(live, &batch));
+        let publisher = publisher.clone();
         let in_flight = self.in_flight.clone();
         let scheduler = self.scheduler.clone();
         tokio::spawn(
             async move {
                 let outcomes = match confirms {
                     None => Vec::new(),
-                    Some((sent, outcomes)) => match (sent, outcomes.await) {
-                        (true, Ok(outcomes)) => outcomes,
-                        _ => vec![
-                            PublishOutcome::Unknown("the publisher stopped".to_owned());
-                            live_ids.len()
-                        ],
-                    },
+                    Some(confirms) => {
+                        let batch = tracing::Span::current();
+                        publisher.confirmed(confirms, live_ids.len(), &batch).await
+                    }
                 };
                 let answered_after = claimed_at.elapsed();
                 for (lateness, outcome) in claim_lateness.iter().zip(&outcomes) {
@@ -228,9 +216,10 @@ impl<S: ScheduleStore> RoundContext<S> {
                     }
                 }
                 drop(permit);
-                if let Err(reason) = settled {
+                if let Err(err) = settled {
+                    let reason = crate::error_chain::Chain(&err).to_string();
                     tracing::Span::current().record("error", reason.as_str());
-                    let _ = scheduler.send_message(SchedulerMessage::BatchFailed(reason));
+                    let _ = scheduler.send_message(SchedulerMessage::BatchFailed(err));
                 }
             }
             .instrument(batch),
@@ -315,13 +304,24 @@ impl RoundTotals {
     }
 }
 
+/// Why a settled batch left reminders pending: they are delivered again.
+#[derive(Debug, thiserror::Error)]
+pub enum SettleError {
+    /// The broker did not take every reminder.
+    #[error("{0}; they stay pending and will be retried")]
+    Undelivered(FailureSummary),
+    /// The outcome could not be recorded.
+    #[error("recording a delivered batch failed, it will be delivered again")]
+    Commit(#[source] PortError),
+}
+
 /// Commits a claim once the broker has answered: reminders it did not confirm
 /// stay pending. Fails if any did, or if the commit did.
 async fn settle<C: Claim>(
     claim: C,
     live: &[Uuid],
     outcomes: Vec<PublishOutcome>,
-) -> Result<(), String> {
+) -> Result<(), SettleError> {
     let skipped = claim.reminders().len() - live.len();
     let mut undelivered = Vec::new();
     let mut failures = FailureSummary::default();
@@ -342,9 +342,7 @@ async fn settle<C: Claim>(
         .commit(undelivered)
         .instrument(tracing::info_span!("commit"))
         .await
-        .map_err(|err| {
-            format!("recording a delivered batch failed, it will be delivered again: {err}")
-        })?;
+        .map_err(SettleError::Commit)?;
     crate::metrics::reminders(Outcome::Sent, published);
     crate::metrics::reminders(Outcome::SkippedStale, skipped);
     crate::metrics::reminders(Outcome::Returned, failures.returned);
@@ -356,8 +354,9 @@ async fn settle<C: Claim>(
     failures.into_result()
 }
 
-#[derive(Default)]
-struct FailureSummary {
+/// How many reminders of a batch the broker did not take, and why.
+#[derive(Debug, Default)]
+pub struct FailureSummary {
     nacked: usize,
     returned: usize,
     unknown: usize,
@@ -365,7 +364,17 @@ struct FailureSummary {
 }
 
 impl FailureSummary {
-    fn into_result(self) -> Result<(), String> {
+    fn into_result(self) -> Result<(), SettleError> {
+        if self.nacked + self.returned + self.unknown == 0 {
+            Ok(())
+        } else {
+            Err(SettleError::Undelivered(self))
+        }
+    }
+}
+
+impl std::fmt::Display for FailureSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut parts = Vec::new();
         if self.returned > 0 {
             parts.push(format!(
@@ -380,16 +389,9 @@ impl FailureSummary {
             parts.push(format!(
                 "{} unconfirmed ({})",
                 self.unknown,
-                self.reason.unwrap_or_default()
+                self.reason.as_deref().unwrap_or_default()
             ));
         }
-        if parts.is_empty() {
-            Ok(())
-        } else {
-            Err(format!(
-                "{}; they stay pending and will be retried",
-                parts.join(", ")
-            ))
-        }
+        f.write_str(&parts.join(", "))
     }
 }

@@ -7,8 +7,9 @@ use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorRef, ActorStatus};
 
 use super::*;
-use crate::model::{Operation, PublishOutcome};
-use crate::publisher::{PublisherActor, PublisherArgs};
+use crate::model::PublishOutcome;
+use crate::publisher::{PublisherActor, PublisherArgs, PublisherHandle};
+use crate::slot::Slot;
 use crate::testing::Disposition;
 use crate::testing::{FakeBroker, FakeStore};
 
@@ -25,7 +26,8 @@ fn settings() -> SchedulerSettings {
 struct Harness {
     store: FakeStore,
     broker: FakeBroker,
-    peers: Peers,
+    publisher: Slot<PublisherHandle>,
+    scheduler: Slot<ActorRef<SchedulerMessage>>,
     flow: FlowControl,
     readiness: Readiness,
 }
@@ -36,7 +38,8 @@ impl Harness {
         Self {
             broker: FakeBroker::new(&store),
             store,
-            peers: Peers::default(),
+            publisher: Slot::default(),
+            scheduler: Slot::default(),
             flow: FlowControl::default(),
             readiness: Readiness::default(),
         }
@@ -47,11 +50,11 @@ impl Harness {
             connector: Arc::new(self.broker.clone()),
             confirm_timeout: Duration::from_secs(10),
             flow: self.flow.clone(),
+            handle: self.publisher.clone(),
         };
-        let (publisher, _) = Actor::spawn(None, PublisherActor::<FakeBroker>::default(), args)
+        Actor::spawn(None, PublisherActor::<FakeBroker>::default(), args)
             .await
             .expect("publisher starts");
-        self.peers.publisher.set(Some(publisher));
     }
 
     async fn start(&self, settings: SchedulerSettings) -> ActorRef<SchedulerMessage> {
@@ -63,25 +66,21 @@ impl Harness {
         let args = SchedulerArgs {
             store: self.store.clone(),
             settings,
-            peers: self.peers.clone(),
+            publisher: self.publisher.clone(),
             flow: self.flow.clone(),
             readiness: self.readiness.clone(),
         };
         let (scheduler, _) = Actor::spawn(None, SchedulerActor::<FakeStore>::default(), args)
             .await
             .expect("scheduler starts");
-        self.peers.scheduler.set(Some(scheduler.clone()));
+        self.scheduler.set(Some(scheduler.clone()));
         scheduler
     }
 
-    fn changed(&self, operation: Operation, earliest: DateTime<Utc>) {
+    fn changed(&self, earliest: DateTime<Utc>) {
         assert!(
-            self.peers
-                .scheduler
-                .send(SchedulerMessage::Changed(ChangeHint::Changed {
-                    operation,
-                    earliest
-                }))
+            self.scheduler
+                .send(SchedulerMessage::Changed(ChangeHint::Changed { earliest }))
         );
     }
 }
@@ -102,7 +101,6 @@ async fn advance_until(limit: Duration, mut done: impl FnMut() -> bool) {
 fn only_changes_at_or_before_the_armed_deadline_need_a_round() {
     let armed: DateTime<Utc> = "2030-01-01T12:00:00Z".parse().unwrap();
     let at = |offset: i64| ChangeHint::Changed {
-        operation: Operation::Insert,
         earliest: armed + chrono::Duration::seconds(offset),
     };
     assert!(change_needs_round(&at(-1), Some(armed)));
@@ -144,7 +142,7 @@ async fn an_insert_earlier_than_the_armed_deadline_rearms_at_once() {
     h.start(settings()).await;
     advance_until(Duration::from_secs(1), || h.store.next_due_queries() == 1).await;
     let early = h.store.insert(Duration::from_secs(5));
-    h.changed(Operation::Insert, h.store.row(early).at);
+    h.changed(h.store.row(early).at);
     advance_until(Duration::from_secs(6), || !h.broker.published().is_empty()).await;
     let published = h.broker.published();
     assert_eq!(published[0].id, early);
@@ -158,7 +156,7 @@ async fn a_change_after_the_armed_deadline_does_not_query_the_database() {
     h.start(settings()).await;
     advance_until(Duration::from_secs(1), || h.store.next_due_queries() == 1).await;
     let later = h.store.insert(Duration::from_secs(120));
-    h.changed(Operation::Insert, h.store.row(later).at);
+    h.changed(h.store.row(later).at);
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(h.store.next_due_queries(), 1);
     advance_until(Duration::from_secs(60), || h.broker.published().len() == 1).await;
@@ -174,7 +172,7 @@ async fn a_deleted_reminder_is_not_sent() {
     advance_until(Duration::from_secs(1), || h.store.next_due_queries() == 1).await;
     let doomed_at = h.store.row(doomed).at;
     h.store.remove(doomed);
-    h.changed(Operation::Delete, doomed_at);
+    h.changed(doomed_at);
     advance_until(Duration::from_secs(25), || !h.broker.published().is_empty()).await;
     let published = h.broker.published();
     assert_eq!(published.len(), 1);
@@ -186,12 +184,12 @@ async fn a_moved_reminder_fires_at_its_new_time_only() {
     let h = Harness::new();
     h.start(settings()).await;
     let moved = h.store.insert(Duration::from_secs(10));
-    h.changed(Operation::Insert, h.store.row(moved).at);
+    h.changed(h.store.row(moved).at);
     advance_until(Duration::from_secs(1), || h.store.next_due_queries() >= 1).await;
     let old_at = h.store.row(moved).at;
     h.store.remove(moved);
     let replacement = h.store.insert(Duration::from_secs(30));
-    h.changed(Operation::Update, old_at);
+    h.changed(old_at);
     advance_until(Duration::from_secs(40), || !h.broker.published().is_empty()).await;
     let published = h.broker.published();
     assert_eq!(published.len(), 1);
@@ -310,7 +308,7 @@ async fn without_a_publisher_nothing_is_claimed_until_a_resync() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(h.store.claims(), 0);
     h.start_publisher().await;
-    assert!(h.peers.scheduler.send(SchedulerMessage::Resync));
+    assert!(h.scheduler.send(SchedulerMessage::Resync));
     advance_until(Duration::from_secs(1), || h.store.row(due).done.is_some()).await;
 }
 
@@ -353,7 +351,7 @@ async fn draining_waits_for_claimed_batches_to_settle() {
     assert!(matches!(drained, ractor::rpc::CallResult::Success(())));
     assert_eq!(h.store.row(due).done, Some(Disposition::Published));
     let later = h.store.insert_overdue(Duration::from_secs(1), None);
-    assert!(h.peers.scheduler.send(SchedulerMessage::Resync));
+    assert!(h.scheduler.send(SchedulerMessage::Resync));
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         h.store.row(later).done,

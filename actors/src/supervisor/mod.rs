@@ -1,23 +1,27 @@
-//! The DaemonSupervisor starts the three actors of the delivery daemon, links
+//! The SupervisorActor starts the three actors of the delivery daemon, links
 //! them to itself and restarts any that fails, with fresh state, after a
 //! capped exponential backoff with jitter.
 //!
 //! ```text
-//!                    DaemonSupervisor
+//!                    SupervisorActor
 //!          ┌────────────────┼─────────────────┐
 //!   PublisherActor    SchedulerActor    ListenerActor
 //!   (RabbitMQ,        (next deadline,   (LISTEN connection,
 //!    confirms)         timer, rounds)    pings)
-//!          ▲ Publish         ▲ Changed / Resync │
-//!          └──── rounds ─────┴──────────────────┘
+//!          ▲ publish, confirms ▲ Changed / Resync │
+//!          └──── batches ──────┴──────────────────┘
 //! ```
 //!
 //! Order of start: publisher, scheduler, listener, so the first round can
 //! publish and the listener's resync reaches a running scheduler. A restarted
 //! publisher is followed by a resync of the scheduler, which stops delivering
 //! while no publisher runs. Outages are retried forever; one log line is written
-//! per change of a child's state, not per attempt. An [`Unrecoverable`] error
-//! (a configuration mismatch) stops the daemon instead.
+//! per change of a child's state, not per attempt. A
+//! [`PortError::Unrecoverable`] (a configuration mismatch) stops the daemon
+//! instead.
+//!
+//! The supervisor holds the slots through which the actors reach each other;
+//! each actor is given only the slot it uses.
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -30,13 +34,14 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::backoff::Backoff;
+use crate::error_chain::{Chain, caused_by};
 use crate::flow::FlowControl;
 use crate::listener::{ListenerActor, ListenerArgs, ListenerMessage};
-use crate::peers::Peers;
-use crate::ports::{BrokerConnector, ChangeFeedConnector, ScheduleStore, Unrecoverable};
-use crate::publisher::{PublisherActor, PublisherArgs};
+use crate::ports::{BrokerConnector, ListenConnector, PortError, ScheduleStore};
+use crate::publisher::{PublisherActor, PublisherArgs, PublisherHandle};
 use crate::readiness::{Component, Readiness};
 use crate::scheduler::{SchedulerActor, SchedulerArgs, SchedulerMessage, SchedulerSettings};
+use crate::slot::Slot;
 
 /// A child of the supervisor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,13 +66,13 @@ impl Child {
     fn component(self) -> Option<Component> {
         match self {
             Child::Publisher => Some(Component::Broker),
-            Child::Listener => Some(Component::ChangeFeed),
+            Child::Listener => Some(Component::Listener),
             Child::Scheduler => None,
         }
     }
 }
 
-/// Messages of the [`DaemonSupervisor`].
+/// Messages of the [`SupervisorActor`].
 #[derive(Debug)]
 pub enum SupervisorMessage {
     /// From itself, after a backoff: start (or restart) a child.
@@ -92,11 +97,11 @@ pub struct SupervisorSettings {
     pub scheduler: SchedulerSettings,
 }
 
-/// Start-up arguments of the [`DaemonSupervisor`].
-pub struct SupervisorArgs<S, B, F> {
+/// Start-up arguments of the [`SupervisorActor`].
+pub struct SupervisorArgs<S, B, L> {
     pub store: S,
     pub broker: Arc<B>,
-    pub change_feed: Arc<F>,
+    pub listen: Arc<L>,
     pub settings: SupervisorSettings,
     pub readiness: Readiness,
     /// Receives the reason if the daemon must stop for good.
@@ -114,22 +119,25 @@ struct ChildState {
     ran_before: bool,
 }
 
-/// State of the running [`DaemonSupervisor`].
-pub struct SupervisorState<S, B, F> {
-    args: SupervisorArgs<S, B, F>,
-    peers: Peers,
+/// State of the running [`SupervisorActor`].
+pub struct SupervisorState<S, B, L> {
+    args: SupervisorArgs<S, B, L>,
+    /// Where rounds find the running publisher.
+    publisher: Slot<PublisherHandle>,
+    /// Where the listener finds the running scheduler.
+    scheduler: Slot<ActorRef<SchedulerMessage>>,
     flow: FlowControl,
     children: [ChildState; 3],
     shutting_down: bool,
 }
 
 /// See the module documentation.
-pub struct DaemonSupervisor<S, B, F>(PhantomData<Ports<S, B, F>>);
+pub struct SupervisorActor<S, B, L>(PhantomData<Ports<S, B, L>>);
 
 /// The port implementations a supervisor is built for (only a type marker).
-type Ports<S, B, F> = fn() -> (S, B, F);
+type Ports<S, B, L> = fn() -> (S, B, L);
 
-impl<S, B, F> Default for DaemonSupervisor<S, B, F> {
+impl<S, B, L> Default for SupervisorActor<S, B, L> {
     fn default() -> Self {
         Self(PhantomData)
     }
@@ -143,11 +151,11 @@ fn index(child: Child) -> usize {
     }
 }
 
-impl<S, B, F> SupervisorState<S, B, F>
+impl<S, B, L> SupervisorState<S, B, L>
 where
     S: ScheduleStore,
     B: BrokerConnector,
-    F: ChangeFeedConnector,
+    L: ListenConnector,
 {
     async fn spawn(&self, child: Child, supervisor: ActorCell) -> Result<ActorCell, SpawnErr> {
         let settings = &self.args.settings;
@@ -157,35 +165,35 @@ where
                     connector: Arc::clone(&self.args.broker),
                     confirm_timeout: settings.confirm_timeout,
                     flow: self.flow.clone(),
+                    handle: self.publisher.clone(),
                 };
                 let (actor, _) =
                     Actor::spawn_linked(None, PublisherActor::<B>::default(), args, supervisor)
                         .await?;
-                self.peers.publisher.set(Some(actor.clone()));
                 Ok(actor.get_cell())
             }
             Child::Scheduler => {
                 let args = SchedulerArgs {
                     store: self.args.store.clone(),
                     settings: settings.scheduler.clone(),
-                    peers: self.peers.clone(),
+                    publisher: self.publisher.clone(),
                     flow: self.flow.clone(),
                     readiness: self.args.readiness.clone(),
                 };
                 let (actor, _) =
                     Actor::spawn_linked(None, SchedulerActor::<S>::default(), args, supervisor)
                         .await?;
-                self.peers.scheduler.set(Some(actor.clone()));
+                self.scheduler.set(Some(actor.clone()));
                 Ok(actor.get_cell())
             }
             Child::Listener => {
                 let args = ListenerArgs {
-                    connector: Arc::clone(&self.args.change_feed),
+                    connector: Arc::clone(&self.args.listen),
                     ping_interval: settings.listener_ping_interval,
-                    peers: self.peers.clone(),
+                    scheduler: self.scheduler.clone(),
                 };
                 let (actor, _): (ActorRef<ListenerMessage>, _) =
-                    Actor::spawn_linked(None, ListenerActor::<F>::default(), args, supervisor)
+                    Actor::spawn_linked(None, ListenerActor::<L>::default(), args, supervisor)
                         .await?;
                 Ok(actor.get_cell())
             }
@@ -196,11 +204,11 @@ where
         self.children[index(child)].cell = None;
         match child {
             Child::Publisher => {
-                self.peers.publisher.set(None);
+                self.publisher.set(None);
                 // A new connection starts unblocked; do not keep rounds waiting.
                 self.flow.set_blocked(false);
             }
-            Child::Scheduler => self.peers.scheduler.set(None),
+            Child::Scheduler => self.scheduler.set(None),
             Child::Listener => {}
         }
     }
@@ -302,12 +310,12 @@ where
                     }
                 }
                 if child == Child::Publisher {
-                    self.peers.scheduler.send(SchedulerMessage::Resync);
+                    self.scheduler.send(SchedulerMessage::Resync);
                 }
             }
             Err(SpawnErr::StartupFailed(err)) => {
-                let unrecoverable = err.downcast_ref::<Unrecoverable>().is_some();
-                self.failed(myself, child, err.to_string(), unrecoverable);
+                let unrecoverable = is_unrecoverable(&*err);
+                self.failed(myself, child, Chain(&*err).to_string(), unrecoverable);
             }
             Err(err) => self.failed(myself, child, err.to_string(), false),
         }
@@ -325,7 +333,7 @@ where
     async fn shutdown(&mut self, grace: Duration) {
         self.shutting_down = true;
         let deadline = tokio::time::Instant::now() + grace;
-        if let Some(scheduler) = self.peers.scheduler.get() {
+        if let Some(scheduler) = self.scheduler.get() {
             let drained = scheduler.call(SchedulerMessage::Drain, Some(grace)).await;
             if !matches!(drained, Ok(ractor::rpc::CallResult::Success(()))) {
                 tracing::warn!(
@@ -352,20 +360,20 @@ where
     }
 }
 
-impl<S, B, F> Actor for DaemonSupervisor<S, B, F>
+impl<S, B, L> Actor for SupervisorActor<S, B, L>
 where
     S: ScheduleStore,
     B: BrokerConnector,
-    F: ChangeFeedConnector,
+    L: ListenConnector,
 {
     type Msg = SupervisorMessage;
-    type State = SupervisorState<S, B, F>;
-    type Arguments = SupervisorArgs<S, B, F>;
+    type State = SupervisorState<S, B, L>;
+    type Arguments = SupervisorArgs<S, B, L>;
 
     async fn pre_start(
         &self,
         _myself: ActorRef<SupervisorMessage>,
-        args: SupervisorArgs<S, B, F>,
+        args: SupervisorArgs<S, B, L>,
     ) -> Result<Self::State, ActorProcessingErr> {
         let (min, max) = args.settings.restart_backoff;
         let child = || ChildState {
@@ -377,7 +385,8 @@ where
         };
         Ok(SupervisorState {
             args,
-            peers: Peers::default(),
+            publisher: Slot::default(),
+            scheduler: Slot::default(),
             flow: FlowControl::default(),
             children: [child(), child(), child()],
             shutting_down: false,
@@ -419,8 +428,8 @@ where
     ) -> Result<(), ActorProcessingErr> {
         let (cell, reason, unrecoverable) = match event {
             SupervisionEvent::ActorFailed(cell, err) => {
-                let unrecoverable = err.downcast_ref::<Unrecoverable>().is_some();
-                (cell, err.to_string(), unrecoverable)
+                let unrecoverable = is_unrecoverable(&*err);
+                (cell, Chain(&*err).to_string(), unrecoverable)
             }
             SupervisionEvent::ActorTerminated(cell, _, reason) => {
                 (cell, reason.unwrap_or_else(|| "stopped".to_owned()), false)
@@ -432,6 +441,13 @@ where
         }
         Ok(())
     }
+}
+
+/// Whether an actor's failure came from a port error that retrying cannot
+/// fix. ractor boxes actor errors, so the typed port error is found in the
+/// failure's source chain.
+fn is_unrecoverable(err: &(dyn std::error::Error + 'static)) -> bool {
+    caused_by::<PortError>(err, PortError::is_unrecoverable)
 }
 
 #[cfg(test)]

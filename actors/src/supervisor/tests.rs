@@ -7,7 +7,7 @@ use ractor::{Actor, ActorRef, ActorStatus};
 use tokio::sync::watch;
 
 use super::*;
-use crate::ports::{BrokerEvent, ChangeFeedEvent};
+use crate::ports::{BrokerEvent, ListenEvent};
 use crate::testing::Disposition;
 use crate::testing::{FakeBroker, FakeFeed, FakeStore};
 
@@ -46,12 +46,12 @@ async fn start(prepare: impl FnOnce(&FakeStore, &FakeBroker)) -> Harness {
     let args = SupervisorArgs {
         store: store.clone(),
         broker: Arc::new(broker.clone()),
-        change_feed: Arc::new(feed.clone()),
+        listen: Arc::new(feed.clone()),
         settings: settings(),
         readiness: readiness.clone(),
         fatal: fatal_sender,
     };
-    let (supervisor, _) = Actor::spawn(None, DaemonSupervisor::default(), args)
+    let (supervisor, _) = Actor::spawn(None, SupervisorActor::default(), args)
         .await
         .expect("supervisor starts");
     Harness {
@@ -79,7 +79,10 @@ async fn advance_until(limit: Duration, mut done: impl FnMut() -> bool) {
 async fn a_publisher_that_cannot_connect_is_retried_with_backoff_and_delivery_resumes() {
     let h = start(|store, broker| {
         store.insert_overdue(Duration::from_secs(5), None);
-        broker.fail_next_connects(["connection refused".into(), "connection refused".into()]);
+        broker.fail_next_connects([
+            PortError::transient("connection refused"),
+            PortError::transient("connection refused"),
+        ]);
     })
     .await;
     assert!(!h.readiness.report().broker.ready);
@@ -97,7 +100,7 @@ async fn a_lost_broker_connection_is_replaced() {
         .emit(BrokerEvent::Lost("connection reset".to_owned()));
     advance_until(Duration::from_secs(1), || h.broker.connects() == 2).await;
     let due = h.store.insert_overdue(Duration::from_secs(1), None);
-    h.feed.emit(ChangeFeedEvent::Changed(
+    h.feed.emit(ListenEvent::Changed(
         crate::model::ChangeHint::Unrecognised {
             payload: String::new(),
         },
@@ -112,9 +115,8 @@ async fn a_lost_broker_connection_is_replaced() {
 async fn a_lost_listen_connection_is_replaced_and_resyncs() {
     let h = start(|_, _| {}).await;
     advance_until(Duration::from_secs(1), || h.readiness.report().ready()).await;
-    h.feed.emit(ChangeFeedEvent::Lost(
-        "terminated by administrator".to_owned(),
-    ));
+    h.feed
+        .emit(ListenEvent::Lost("terminated by administrator".to_owned()));
     // Written while the listener was away: no notification will ever come.
     let missed = h.store.insert_overdue(Duration::from_secs(1), None);
     advance_until(Duration::from_secs(2), || {
@@ -130,12 +132,12 @@ async fn a_silently_dead_listen_connection_is_detected_by_its_ping() {
     advance_until(Duration::from_secs(1), || h.readiness.report().ready()).await;
     h.feed.fail_pings(Some("no answer within 10s"));
     advance_until(Duration::from_secs(16), || {
-        !h.readiness.report().change_feed.ready
+        !h.readiness.report().listener.ready
     })
     .await;
     h.feed.fail_pings(None);
     advance_until(Duration::from_secs(3), || {
-        h.readiness.report().change_feed.ready
+        h.readiness.report().listener.ready
     })
     .await;
     assert!(h.feed.connects() >= 2);
@@ -144,9 +146,9 @@ async fn a_silently_dead_listen_connection_is_detected_by_its_ping() {
 #[tokio::test(start_paused = true)]
 async fn an_unrecoverable_error_stops_the_daemon_instead_of_retrying() {
     let h = start(|_, broker| {
-        broker.fail_next_connects([Box::new(crate::ports::Unrecoverable(
-            "exchange exists with another type".to_owned(),
-        )) as crate::ports::PortError]);
+        broker.fail_next_connects([crate::ports::PortError::unrecoverable(
+            "exchange exists with another type",
+        )]);
     })
     .await;
     let mut fatal = h.fatal.clone();

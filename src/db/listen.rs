@@ -4,11 +4,10 @@
 
 use std::time::Duration;
 
-use actors::model::{ChangeHint, Operation, truncate_for_log};
-use actors::ports::{ChangeFeedConnector, ChangeFeedEvent, ChangeFeedSession, PortError};
+use actors::model::{ChangeHint, truncate_for_log};
+use actors::ports::{EventSink, ListenConnector, ListenEvent, ListenSession, PortError};
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 use super::DbError;
@@ -22,38 +21,30 @@ const LOGGED_PAYLOAD_BYTES: usize = 256;
 
 /// Settings of the LISTEN connection.
 #[derive(Debug, Clone)]
-pub struct ChangeFeedSettings {
+pub struct ListenSettings {
     /// Connection attempt bound.
     pub connect_timeout: Duration,
     /// Bound on a ping's round trip; a dead connection is reported after it.
     pub ping_timeout: Duration,
 }
 
-/// Opens LISTEN sessions on the configured database.
-pub struct PgChangeFeed {
+/// Opens LISTEN connections on the configured database.
+pub struct PgListenConnector {
     url: DatabaseUrl,
-    settings: ChangeFeedSettings,
+    settings: ListenSettings,
 }
 
-impl PgChangeFeed {
+impl PgListenConnector {
     /// A connector for `url`.
-    pub fn new(url: DatabaseUrl, settings: ChangeFeedSettings) -> Self {
+    pub fn new(url: DatabaseUrl, settings: ListenSettings) -> Self {
         Self { url, settings }
     }
 }
 
-impl ChangeFeedConnector for PgChangeFeed {
-    type Session = PgChangeFeedSession;
+impl ListenConnector for PgListenConnector {
+    type Session = PgListenSession;
 
-    async fn connect(
-        &self,
-    ) -> Result<
-        (
-            PgChangeFeedSession,
-            mpsc::UnboundedReceiver<ChangeFeedEvent>,
-        ),
-        PortError,
-    > {
+    async fn connect(&self, events: EventSink<ListenEvent>) -> Result<PgListenSession, PortError> {
         let mut config = self.url.config().clone();
         let timeout = self.settings.connect_timeout;
         // Keepalive probes detect a peer that vanished while the connection is
@@ -79,14 +70,13 @@ impl ChangeFeedConnector for PgChangeFeed {
                     .into());
                 }
             };
-        let (events, receiver) = mpsc::unbounded_channel();
         let driver = tokio::spawn(async move {
             let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
             let reason = loop {
                 match messages.next().await {
                     Some(Ok(AsyncMessage::Notification(notification))) => {
                         let hint = decode(notification.payload());
-                        if events.send(ChangeFeedEvent::Changed(hint)).is_err() {
+                        if !events.send(ListenEvent::Changed(hint)) {
                             return;
                         }
                     }
@@ -95,9 +85,9 @@ impl ChangeFeedConnector for PgChangeFeed {
                     None => break "the server closed the connection".to_owned(),
                 }
             };
-            let _ = events.send(ChangeFeedEvent::Lost(reason));
+            events.send(ListenEvent::Lost(reason));
         });
-        let session = PgChangeFeedSession {
+        let session = PgListenSession {
             client,
             driver,
             ping_timeout: self.settings.ping_timeout,
@@ -108,18 +98,18 @@ impl ChangeFeedConnector for PgChangeFeed {
                 session.client.batch_execute(&format!("LISTEN {CHANNEL}")),
             )
             .await?;
-        Ok((session, receiver))
+        Ok(session)
     }
 }
 
 /// An open LISTEN session; dropping it closes the connection.
-pub struct PgChangeFeedSession {
+pub struct PgListenSession {
     client: Client,
     driver: tokio::task::JoinHandle<()>,
     ping_timeout: Duration,
 }
 
-impl PgChangeFeedSession {
+impl PgListenSession {
     async fn bounded<T>(
         &self,
         context: &'static str,
@@ -135,7 +125,7 @@ impl PgChangeFeedSession {
     }
 }
 
-impl ChangeFeedSession for PgChangeFeedSession {
+impl ListenSession for PgListenSession {
     async fn ping(&self) -> Result<(), PortError> {
         let listening = self
             .bounded(
@@ -148,14 +138,16 @@ impl ChangeFeedSession for PgChangeFeedSession {
             .await?;
         match listening {
             Some(_) => Ok(()),
-            None => {
-                Err(format!("the LISTEN connection is no longer subscribed to {CHANNEL}").into())
+            None => Err(DbError::Query {
+                context: "pinging the LISTEN connection",
+                reason: format!("no longer subscribed to {CHANNEL}"),
             }
+            .into()),
         }
     }
 }
 
-impl Drop for PgChangeFeedSession {
+impl Drop for PgListenSession {
     fn drop(&mut self) {
         self.driver.abort();
     }
@@ -176,14 +168,12 @@ pub fn decode(payload: &str) -> ChangeHint {
     let Ok(decoded) = serde_json::from_str::<Payload>(payload) else {
         return unrecognised();
     };
-    let operation = match decoded.operation.as_str() {
-        "INSERT" => Operation::Insert,
-        "UPDATE" => Operation::Update,
-        "DELETE" => Operation::Delete,
-        _ => return unrecognised(),
-    };
+    // The trigger reports the kind of statement; the scheduler re-reads the
+    // table whatever it was, so only its validity matters here.
+    if !matches!(decoded.operation.as_str(), "INSERT" | "UPDATE" | "DELETE") {
+        return unrecognised();
+    }
     ChangeHint::Changed {
-        operation,
         earliest: decoded.earliest_notification_time,
     }
 }
@@ -198,13 +188,7 @@ mod tests {
             r#"{"operation" : "INSERT", "earliest_notification_time" : "2026-11-29T05:47:02.342722+02:00"}"#,
         );
         let expected: DateTime<Utc> = "2026-11-29T03:47:02.342722Z".parse().unwrap();
-        assert_eq!(
-            hint,
-            ChangeHint::Changed {
-                operation: Operation::Insert,
-                earliest: expected
-            }
-        );
+        assert_eq!(hint, ChangeHint::Changed { earliest: expected });
     }
 
     #[test]
