@@ -132,21 +132,21 @@ while IFS=: read -r source_file _ match; do
 done < <(grep -rnE 'include_(str|bytes)!\(' src actors/src 2>/dev/null || true)
 $embedded_ok && pass "every include_str!/include_bytes! path is inside a copied directory"
 
-# The Dockerfile's stub stage knows the workspace as it is: members "." and
-# "actors", auto-discovered targets, no build scripts.
+# The Dockerfile's stub stage knows the workspace as it is: members ".",
+# "actors" and "bench", auto-discovered targets, no build scripts.
 members=$(tr -d '\n' <Cargo.toml | sed -nE 's/.*members *= *\[([^]]*)\].*/\1/p' | tr -d ' "' | tr ',' '\n' | sed '/^$/d' | sort | tr '\n' ' ')
-if [ "$members" = ". actors " ]; then
-  pass "workspace members are . and actors, as the Dockerfile copies"
+if [ "$members" = ". actors bench " ]; then
+  pass "workspace members are ., actors and bench, as the Dockerfile copies"
 else
-  fail "workspace members are '${members}'; docker/Dockerfile copies and stubs only . and actors"
+  fail "workspace members are '${members}'; docker/Dockerfile copies and stubs only ., actors and bench"
 fi
-explicit=$(grep -lE '^\[\[(bin|test|bench|example)\]\]' Cargo.toml actors/Cargo.toml 2>/dev/null || true)
+explicit=$(grep -lE '^\[\[(bin|test|bench|example)\]\]' Cargo.toml actors/Cargo.toml bench/Cargo.toml 2>/dev/null || true)
 if [ -z "$explicit" ]; then
   pass "no explicit [[bin]]/[[test]]/[[bench]]/[[example]] targets (the stub stage covers the auto-discovered ones)"
 else
   fail "explicit targets in $explicit: update docker/Dockerfile's stub stage and .dockerignore for them"
 fi
-for script in build.rs actors/build.rs; do
+for script in build.rs actors/build.rs bench/build.rs; do
   if [ -e "$script" ] && ! grep -q "$script" "$dockerfile"; then
     fail "$script exists but docker/Dockerfile does not copy it"
   fi
@@ -154,7 +154,7 @@ done
 
 # The subcommands the image and compose run exist.
 for variant in Migrate Daemon Api Healthcheck; do
-  if grep -Eq "^ *$variant\(" src/cli.rs; then pass "subcommand ${variant,,} exists (src/cli.rs)"; else fail "src/cli.rs has no subcommand ${variant,,}"; fi
+  if grep -Eq "^ *$variant\(" src/cli/mod.rs; then pass "subcommand ${variant,,} exists (src/cli/mod.rs)"; else fail "src/cli/mod.rs has no subcommand ${variant,,}"; fi
 done
 
 # ----------------------------------------------------- compose (docker-compose)

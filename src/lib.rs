@@ -1,33 +1,27 @@
 //! The notification scheduler service: adapters (PostgreSQL, RabbitMQ, HTTP,
 //! telemetry) around the actor system of the `actors` crate, and the binary's
-//! command line.
+//! command line. Its parts, one folder or file each:
 //!
-//! - [`api`]: the games API's wiring and lifecycle.
-//! - [`bench`]: the benchmark harness (`notification-scheduler bench`).
 //! - [`config`]: every setting, its flag, variable and default.
-//! - [`cli`]: subcommands, start-up and exit codes.
-//! - [`games`]: games and their schedules, as the API reads and writes them.
-//! - [`db`]: connections, the pool, migrations and the daemon's queries.
-//! - [`broker`]: RabbitMQ connections, the publisher and the wire format.
-//! - [`daemon`]: the delivery daemon's wiring and lifecycle.
-//! - [`http`]: the health endpoints and the games API.
-//! - [`maintenance`]: retention of sent rows, schedule observations.
-//! - [`schedule`]: keeping a game's reminders in step with the game.
-//! - [`shutdown`]: signal handling.
+//! - [`cli`]: subcommands, start-up and exit codes; `healthcheck`'s probe and `watch`.
 //! - [`telemetry`]: logs, OpenTelemetry traces and metrics.
-//! - [`watch`]: printing delivered events (`watch` subcommand).
+//! - [`shutdown`]: SIGTERM and SIGINT.
+//! - [`db`]: PostgreSQL adapters: connections, the pool, migrations, the
+//!   daemon's store and its LISTEN connection.
+//! - [`broker`]: RabbitMQ adapters: connections, the publisher, confirms, the
+//!   wire format, a consumer.
+//! - [`daemon`]: the delivery daemon: its wiring, health endpoints and maintenance.
+//! - [`api`]: the games API: server, routes, bodies, auth.
+//! - [`games`]: the games domain: games and their schedules.
+//!
+//! The benchmark is a workspace member of its own (`bench/`), outside this binary.
 
 pub mod api;
-pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod db;
 pub mod games;
-pub mod http;
-pub mod maintenance;
-pub mod schedule;
 pub mod shutdown;
 pub mod telemetry;
-pub mod watch;

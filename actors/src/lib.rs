@@ -23,6 +23,6 @@ pub mod readiness;
 pub mod scheduler;
 pub mod slot;
 pub mod supervisor;
-#[cfg(test)]
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod trace_context;

@@ -14,9 +14,9 @@ use crate::config::DatabaseUrl;
 /// Claims and marks the oldest due rows that no other claim holds, and
 /// computes with the database clock whether each is stale and how long it
 /// stays useful.
-const CLAIM_DUE: &str = include_str!("sql/claim_due.sql");
+pub const CLAIM_DUE: &str = include_str!("sql/claim_due.sql");
 /// The earliest pending row outside the caller's in-flight claims.
-const NEXT_DUE: &str = include_str!("sql/next_due.sql");
+pub const NEXT_DUE: &str = include_str!("sql/next_due.sql");
 /// Returns claimed rows the broker did not confirm to pending.
 const RELEASE_CLAIMED: &str = include_str!("sql/release_claimed.sql");
 

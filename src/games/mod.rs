@@ -1,12 +1,15 @@
-//! Games and their schedules in PostgreSQL: what the API reads and writes.
-//! Every write runs in one transaction with its schedule change.
+//! The games domain: games and their schedules in PostgreSQL, as the API
+//! reads and writes them. Every write runs in one transaction with its
+//! schedule change ([`schedule`]).
+
+pub mod schedule;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::Object;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
-use crate::schedule::{self, GameTime, ScheduleError, ScheduleResult};
+use schedule::{GameTime, ScheduleError, ScheduleResult};
 
 /// A failed game operation.
 #[derive(Debug, thiserror::Error)]

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use notification_scheduler::http::api::{self, ApiState, BearerToken};
+use notification_scheduler::api::{self, ApiState, BearerToken};
 use reqwest::{Client, RequestBuilder, Response};
 use serde_json::Value;
 

@@ -10,7 +10,7 @@ use super::*;
 use crate::model::PublishOutcome;
 use crate::publisher::{PublisherActor, PublisherArgs, PublisherHandle};
 use crate::slot::Slot;
-use crate::testing::Disposition;
+use crate::testing::{Disposition, advance_until};
 use crate::testing::{FakeBroker, FakeStore};
 
 fn settings() -> SchedulerSettings {
@@ -82,18 +82,6 @@ impl Harness {
             self.scheduler
                 .send(SchedulerMessage::Changed(ChangeHint::Changed { earliest }))
         );
-    }
-}
-
-/// Lets virtual time pass in small steps until `done` holds; fails after `limit`.
-async fn advance_until(limit: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not met within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 

@@ -8,7 +8,7 @@ use tokio::sync::watch;
 
 use super::*;
 use crate::ports::{BrokerEvent, ListenEvent};
-use crate::testing::Disposition;
+use crate::testing::{Disposition, advance_until};
 use crate::testing::{FakeBroker, FakeFeed, FakeStore};
 
 struct Harness {
@@ -61,17 +61,6 @@ async fn start(prepare: impl FnOnce(&FakeStore, &FakeBroker)) -> Harness {
         readiness,
         fatal,
         supervisor,
-    }
-}
-
-async fn advance_until(limit: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not met within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 

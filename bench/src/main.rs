@@ -1,6 +1,10 @@
-//! `notification-scheduler bench`: measures lateness, backlog drain against
-//! the broker's own ceiling, behaviour with a million rows, and memory.
-//! docs/BENCHMARKS.md describes the method and records results.
+//! `notification-scheduler-bench`: measures lateness, backlog drain against
+//! the broker's own ceiling, behaviour with a million rows, and memory, with
+//! the real daemon (the `notification-scheduler` binary) in a separate
+//! process. docs/BENCHMARKS.md describes the method and records results.
+//!
+//! A workspace member of its own, so that none of it is compiled into the
+//! production binary.
 //!
 //! Timing figures are reported, never asserted: machines are shared and noisy.
 //! Correctness is asserted: any early, missing or duplicated message makes the
@@ -11,12 +15,13 @@ mod scenarios;
 mod stats;
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, ValueEnum};
+use clap::{Parser, ValueEnum};
+use notification_scheduler::config::{BrokerUrl, DatabaseUrl, LoggingArgs, parse};
 use serde::Serialize;
 
-use crate::config::{BrokerUrl, DatabaseUrl, parse};
 use harness::BenchEnv;
 use scenarios::{BacklogRun, CeilingRun, LatenessRun};
 
@@ -32,9 +37,19 @@ pub enum Scenario {
     Scale,
 }
 
-/// Settings of `bench`.
-#[derive(Debug, Clone, Args)]
+/// Measures the notification scheduler: lateness, backlog drain against the
+/// broker's own rate, scale and memory (docs/BENCHMARKS.md).
+#[derive(Debug, Clone, Parser)]
+#[command(name = "notification-scheduler-bench", version)]
 pub struct BenchArgs {
+    #[command(flatten)]
+    pub logging: LoggingArgs,
+
+    /// The daemon binary to benchmark; by default `notification-scheduler`
+    /// beside this one (as cargo builds them).
+    #[arg(long, value_name = "PATH")]
+    pub daemon_binary: Option<PathBuf>,
+
     /// PostgreSQL server to benchmark on: a database named bench_<id> is
     /// created there and dropped afterwards.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
@@ -123,11 +138,54 @@ pub struct Floor {
     pub met: bool,
 }
 
+fn main() -> ExitCode {
+    let args = BenchArgs::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let telemetry = match notification_scheduler::telemetry::init(&args.logging) {
+            Ok(telemetry) => telemetry,
+            Err(message) => {
+                eprintln!("error: {message}");
+                return ExitCode::from(2);
+            }
+        };
+        let result = run(args).await;
+        if let Err(err) = &result {
+            tracing::error!("{err:#}");
+        }
+        telemetry.shutdown().await;
+        if result.is_ok() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }
+    })
+}
+
 /// Runs the selected scenarios; fails if any message was early, missing or
 /// delivered twice.
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let args = if args.quick { quick(args) } else { args };
-    let env = BenchEnv::create(&args.database_url, &args.rabbitmq_url).await?;
+    let daemon_binary = match &args.daemon_binary {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?.with_file_name("notification-scheduler"),
+    };
+    anyhow::ensure!(
+        daemon_binary.is_file(),
+        "the daemon binary {} does not exist: build it (cargo build --release --bin \
+         notification-scheduler) or name it with --daemon-binary",
+        daemon_binary.display()
+    );
+    let env = BenchEnv::create(&args.database_url, &args.rabbitmq_url, daemon_binary).await?;
     let result = run_scenarios(&args, &env).await;
     env.remove().await;
     let report = result?;

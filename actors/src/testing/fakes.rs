@@ -1,10 +1,12 @@
 //! In-memory fakes of the ports, on tokio's clock so tests can pause time.
+//! The fake store is held to the same contract as the PostgreSQL store
+//! ([`super::contract`]).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use tokio::time::Instant;
 use uuid::Uuid;
 
@@ -73,26 +75,23 @@ impl FakeStore {
     }
 
     pub fn insert_row(&self, after: Duration, game_starts_after: Option<Duration>) -> Uuid {
-        let id = Uuid::new_v4();
-        let now = self.now();
-        let at = now + chrono::Duration::from_std(after).unwrap();
-        let game_starts = game_starts_after.map(|d| now + chrono::Duration::from_std(d).unwrap());
-        self.lock().rows.push(FakeRow {
-            id,
-            at,
-            game_starts,
-            done: None,
-            locked: false,
-        });
-        id
+        let ahead = |d: Duration| TimeDelta::from_std(d).unwrap();
+        self.insert_at(ahead(after), game_starts_after.map(ahead))
     }
 
     /// Adds a reminder that became due `ago`, for a game that started `game_started_ago`.
     pub fn insert_overdue(&self, ago: Duration, game_started_ago: Option<Duration>) -> Uuid {
+        let behind = |d: Duration| -TimeDelta::from_std(d).unwrap();
+        self.insert_at(behind(ago), game_started_ago.map(behind))
+    }
+
+    /// Adds a reminder due at now + `due_in` (negative: overdue), for a game
+    /// starting at now + `game_starts_in`.
+    pub fn insert_at(&self, due_in: TimeDelta, game_starts_in: Option<TimeDelta>) -> Uuid {
         let id = Uuid::new_v4();
         let now = self.now();
-        let at = now - chrono::Duration::from_std(ago).unwrap();
-        let game_starts = game_started_ago.map(|d| now - chrono::Duration::from_std(d).unwrap());
+        let at = now + due_in;
+        let game_starts = game_starts_in.map(|offset| now + offset);
         self.lock().rows.push(FakeRow {
             id,
             at,

@@ -1,5 +1,12 @@
-//! `notification-scheduler daemon`: wires the adapters into the actor system,
-//! serves the health endpoints and shuts down cleanly on SIGTERM or SIGINT.
+//! The delivery daemon (`notification-scheduler daemon`): wires the adapters
+//! into the actor system, serves the health endpoints, runs maintenance, and
+//! shuts down cleanly on SIGTERM or SIGINT.
+//!
+//! - [`health`]: `/healthz` and `/readyz`.
+//! - [`maintenance`]: the retention sweep and the schedule observations.
+
+pub mod health;
+pub mod maintenance;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,9 +25,8 @@ use crate::config::DaemonArgs;
 use crate::db::listen::{ListenSettings, PgListenConnector};
 use crate::db::schedule_store::{PgScheduleStore, StoreSettings};
 use crate::db::{self, migrate};
-use crate::http::health;
-use crate::maintenance::{self, Maintenance};
 use crate::shutdown;
+use maintenance::Maintenance;
 
 /// Runs the daemon until a shutdown signal; returns an error only for a
 /// failure that restarting cannot fix (schema missing, configuration mismatch).

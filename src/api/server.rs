@@ -1,12 +1,8 @@
-//! The games HTTP API (axum): routes, shared state, OpenAPI document.
+//! The games API's server (axum): the route table, shared state, the OpenAPI
+//! document, readiness.
 //!
 //! `/games` and `/schedule` need a bearer token; `/openapi.json`, `/healthz`
 //! and `/readyz` do not.
-
-mod auth;
-mod error;
-mod extract;
-mod games;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,9 +16,9 @@ use deadpool_postgres::{Object, Pool};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-pub use auth::BearerToken;
-pub use error::{ApiError, ErrorBody};
-
+use super::auth::{self, BearerToken};
+use super::error::ApiError;
+use super::{bodies, request_log, routes};
 use crate::config::DatabaseUrl;
 
 /// What every handler needs.
@@ -35,7 +31,7 @@ pub struct ApiState {
 }
 
 impl ApiState {
-    async fn connection(&self) -> Result<Object, ApiError> {
+    pub(super) async fn connection(&self) -> Result<Object, ApiError> {
         self.pool
             .get()
             .await
@@ -51,12 +47,12 @@ impl ApiState {
         description = "Games and their reminder schedules. Every change to a game keeps its reminders in step, in one transaction."
     ),
     paths(
-        games::create_game,
-        games::list_games,
-        games::get_game,
-        games::update_game,
-        games::delete_game,
-        games::upcoming
+        routes::create_game,
+        routes::list_games,
+        routes::get_game,
+        routes::update_game,
+        routes::delete_game,
+        routes::upcoming
     ),
     modifiers(&BearerAuth),
     tags(
@@ -82,14 +78,14 @@ impl Modify for BearerAuth {
 /// insecure development mode).
 pub fn router(state: ApiState, token: Option<BearerToken>) -> Router {
     let protected = Router::new()
-        .route("/games", get(games::list_games).post(games::create_game))
+        .route("/games", get(routes::list_games).post(routes::create_game))
         .route(
             "/games/{id}",
-            get(games::get_game)
-                .patch(games::update_game)
-                .delete(games::delete_game),
+            get(routes::get_game)
+                .patch(routes::update_game)
+                .delete(routes::delete_game),
         )
-        .route("/schedule/upcoming", get(games::upcoming))
+        .route("/schedule/upcoming", get(routes::upcoming))
         .route_layer(middleware::from_fn_with_state(token, auth::require_token));
     Router::new()
         .merge(protected)
@@ -109,8 +105,8 @@ pub fn router(state: ApiState, token: Option<BearerToken>) -> Router {
                 "method not allowed on this endpoint",
             )
         })
-        .layer(DefaultBodyLimit::max(extract::MAX_BODY_BYTES))
-        .layer(middleware::from_fn(crate::http::request_log::record))
+        .layer(DefaultBodyLimit::max(bodies::MAX_BODY_BYTES))
+        .layer(middleware::from_fn(request_log::record))
         .with_state(state)
 }
 

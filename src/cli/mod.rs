@@ -3,16 +3,20 @@
 //! Exit status: 0 on success (including a clean shutdown on SIGTERM), 2 for
 //! invalid or missing configuration (one line naming the setting), 1 when the
 //! command itself fails (e.g. a server is unreachable).
+//!
+//! - [`probe`]: the local HTTP probe behind `healthcheck`.
+//! - [`watch`]: printing delivered events (`watch`).
+
+pub mod probe;
+pub mod watch;
 
 use std::process::ExitCode;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{CommandFactory, Parser, Subcommand};
 
-use crate::bench::BenchArgs;
 use crate::config::{ApiArgs, DaemonArgs, DatabaseArgs, HealthcheckArgs, LoggingArgs, WatchArgs};
-use crate::http::probe;
-use crate::{api, bench, daemon, db, telemetry, watch};
+use crate::{api, daemon, db, telemetry};
 
 /// Delivers reminders stored in PostgreSQL to RabbitMQ at their time, once.
 #[derive(Debug, Parser)]
@@ -40,9 +44,6 @@ pub enum Command {
     /// Exit 0 if a local health endpoint answers 200, else 1 (for container
     /// health checks; needs no curl).
     Healthcheck(HealthcheckArgs),
-    /// Measure lateness, backlog drain against the broker's own rate, scale and
-    /// memory, with the real daemon in a separate process (docs/BENCHMARKS.md).
-    Bench(Box<BenchArgs>),
     /// Print docs/configuration.md, generated from these definitions.
     #[command(hide = true)]
     ConfigReference,
@@ -120,7 +121,6 @@ fn validate(command: &Command) -> Result<(), crate::config::ConflictError> {
         Command::Daemon(args) => args.validate(),
         Command::Api(args) => args.validate(),
         Command::Migrate(_)
-        | Command::Bench(_)
         | Command::Watch(_)
         | Command::Healthcheck(_)
         | Command::ConfigReference => Ok(()),
@@ -134,7 +134,6 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Api(args) => api::run(*args).await,
         Command::Watch(args) => watch::run(args).await,
         Command::Healthcheck(args) => healthcheck(args).await,
-        Command::Bench(args) => bench::run(*args).await,
         Command::ConfigReference => {
             print!("{}", crate::config::reference::markdown(&Cli::command()));
             Ok(())

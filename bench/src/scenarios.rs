@@ -16,7 +16,8 @@ use uuid::Uuid;
 
 use super::harness::{BenchEnv, DaemonProcess, ROUTING_KEY, collect};
 use super::stats::{self, Accounting, Lateness};
-use crate::broker::envelope;
+use notification_scheduler::broker::envelope;
+use notification_scheduler::db::schedule_store;
 
 /// Result of a lateness run.
 #[derive(Debug, Clone, Serialize)]
@@ -139,7 +140,7 @@ pub async fn backlog(env: &BenchEnv, daemon_args: &[String]) -> anyhow::Result<B
 pub async fn ceiling(env: &BenchEnv, count: u64, window: usize) -> anyhow::Result<CeilingRun> {
     let mut consumer = env.consumer().await?;
     let timeout = Duration::from_secs(10);
-    let connection = crate::broker::connect(
+    let connection = notification_scheduler::broker::connect(
         &env.broker,
         timeout,
         timeout,
@@ -312,10 +313,8 @@ async fn insert_overdue(env: &BenchEnv, count: u64) -> anyhow::Result<()> {
 async fn query_times(env: &BenchEnv) -> anyhow::Result<QueryTimes> {
     const RUNS: usize = 200;
     let client = &env.client;
-    let claim_sql = include_str!("../db/sql/claim_due.sql");
-    let next_due_sql = include_str!("../db/sql/next_due.sql");
-    let claim = client.prepare(claim_sql).await?;
-    let next_due = client.prepare(next_due_sql).await?;
+    let claim = client.prepare(schedule_store::CLAIM_DUE).await?;
+    let next_due = client.prepare(schedule_store::NEXT_DUE).await?;
     let (limit, grace_ms) = (500i64, 60_000i64);
     let none: Vec<Uuid> = Vec::new();
     let mut claim_ms = Vec::with_capacity(RUNS);
@@ -333,9 +332,10 @@ async fn query_times(env: &BenchEnv) -> anyhow::Result<QueryTimes> {
     claim_ms.sort_by(f64::total_cmp);
     next_due_ms.sort_by(f64::total_cmp);
     client.batch_execute("BEGIN").await?;
-    let claim_explain_ms = explain_ms(client, claim_sql, &[&limit, &grace_ms]).await?;
+    let claim_explain_ms =
+        explain_ms(client, schedule_store::CLAIM_DUE, &[&limit, &grace_ms]).await?;
     client.batch_execute("ROLLBACK").await?;
-    let next_due_explain_ms = explain_ms(client, next_due_sql, &[&none]).await?;
+    let next_due_explain_ms = explain_ms(client, schedule_store::NEXT_DUE, &[&none]).await?;
     let counts = client
         .query_one(
             "SELECT count(*) FILTER (WHERE NOT sent), count(*) FILTER (WHERE sent) FROM notification_schedule",
@@ -368,7 +368,7 @@ async fn explain_ms(
 
 fn last_expected(
     expected: &HashMap<Uuid, DateTime<Utc>>,
-    received: &[crate::broker::consumer::Received],
+    received: &[notification_scheduler::broker::consumer::Received],
 ) -> Option<DateTime<Utc>> {
     received
         .iter()

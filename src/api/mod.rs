@@ -1,10 +1,28 @@
-//! `notification-scheduler api`: serves the games API until SIGTERM or SIGINT.
+//! The games API (`notification-scheduler api`): games and their reminder
+//! schedules over HTTP, served until SIGTERM or SIGINT.
+//!
+//! - [`server`]: the route table, shared state, OpenAPI document, readiness.
+//! - `routes`: the handlers of `/games` and `/schedule`.
+//! - `bodies`: request extraction and validation.
+//! - `auth`: the bearer token.
+//! - `error`: the error body every failure answers with.
+//! - `request_log`: one span and log line per request.
+
+mod auth;
+mod bodies;
+mod error;
+mod request_log;
+mod routes;
+pub mod server;
 
 use std::sync::Arc;
 
+pub use auth::BearerToken;
+pub use error::{ApiError, ErrorBody};
+pub use server::{ApiState, router};
+
 use crate::config::ApiArgs;
 use crate::db::{self, migrate};
-use crate::http::api::{self, ApiState, BearerToken};
 use crate::shutdown;
 
 /// Runs the API until a shutdown signal, then lets requests in progress finish
@@ -49,7 +67,7 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
     );
     let mut signal = shutdown::Signal::install()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, api::router(state, token)).with_graceful_shutdown(async {
+    let server = axum::serve(listener, router(state, token)).with_graceful_shutdown(async {
         let _ = stopped.await;
     });
     let mut server = std::pin::pin!(server.into_future());

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::broker::consumer::Received;
+use notification_scheduler::broker::consumer::Received;
 
 /// Lateness of received messages against their notification time, in
 /// milliseconds, plus what was early, missing or repeated.

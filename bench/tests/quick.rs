@@ -12,8 +12,8 @@ fn the_quick_benchmark_completes_with_every_message_delivered_once_and_never_ear
         .unwrap_or_else(|_| "postgresql://postgres:postgres@127.0.0.1:5432/postgres".to_owned());
     let broker = std::env::var("TEST_RABBITMQ_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
-    let output = Command::new(env!("CARGO_BIN_EXE_notification-scheduler"))
-        .args(["--log-level", "warn", "bench", "--quick", "--output"])
+    let output = Command::new(env!("CARGO_BIN_EXE_notification-scheduler-bench"))
+        .args(["--log-level", "warn", "--quick", "--output"])
         .arg(&report_path)
         .env("DATABASE_URL", database)
         .env("RABBITMQ_URL", broker)

@@ -9,9 +9,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::ApiState;
+use super::bodies::{JsonBody, PathId, QueryParams};
 use super::error::{ApiError, ErrorBody};
-use super::extract::{JsonBody, PathId, QueryParams};
+use super::server::ApiState;
 use crate::games::{self, Game, GameChanges, GameFilter, NewGame, ReminderRow};
 
 /// Longest title, in characters.

@@ -2,15 +2,16 @@
 //! as a separate process, and a consumer.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
-use crate::broker::consumer::{QueueKind, Received, ReminderConsumer};
-use crate::config::{BrokerUrl, DatabaseUrl};
-use crate::db;
+use notification_scheduler::broker::consumer::{QueueKind, Received, ReminderConsumer};
+use notification_scheduler::config::{BrokerUrl, DatabaseUrl};
+use notification_scheduler::db;
 
 /// Routing key of reminder messages (the daemon's default).
 pub const ROUTING_KEY: &str = "game.reminder_due";
@@ -24,11 +25,17 @@ pub struct BenchEnv {
     pub exchange: String,
     pub queue: String,
     pub client: tokio_postgres::Client,
+    /// The `notification-scheduler` binary run as the daemon.
+    pub daemon_binary: PathBuf,
 }
 
 impl BenchEnv {
     /// Creates and migrates `bench_<id>` on the server of `server`.
-    pub async fn create(server: &DatabaseUrl, broker: &BrokerUrl) -> anyhow::Result<Self> {
+    pub async fn create(
+        server: &DatabaseUrl,
+        broker: &BrokerUrl,
+        daemon_binary: PathBuf,
+    ) -> anyhow::Result<Self> {
         let id = Uuid::new_v4().simple().to_string();
         let database = format!("bench_{}", &id[..12]);
         let admin = db::connect(server, Duration::from_secs(10)).await?;
@@ -48,6 +55,7 @@ impl BenchEnv {
             exchange: format!("bench.{}", &id[..12]),
             queue: format!("bench.{}", &id[..12]),
             client,
+            daemon_binary,
         })
     }
 
@@ -68,7 +76,7 @@ impl BenchEnv {
         if let Ok(consumer) = self.consumer().await {
             consumer.delete_queue().await;
         }
-        let _ = crate::broker::delete_exchange(&self.broker, &self.exchange).await;
+        let _ = notification_scheduler::broker::delete_exchange(&self.broker, &self.exchange).await;
         drop(self.client);
         if let Ok(admin) = db::connect(&self.server, Duration::from_secs(10)).await {
             let _ = admin
@@ -109,7 +117,7 @@ fn with_database(url: &str, database: &str) -> String {
     }
 }
 
-/// The daemon, run as an operator runs it: this same binary, another process.
+/// The daemon, run as an operator runs it: its own binary, another process.
 pub struct DaemonProcess {
     child: Child,
     health_port: u16,
@@ -121,7 +129,7 @@ impl DaemonProcess {
         let health_port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
-        let child = Command::new(std::env::current_exe()?)
+        let child = Command::new(&env.daemon_binary)
             .arg("daemon")
             .args(extra)
             .env("DATABASE_URL", env.url.raw())
@@ -140,7 +148,12 @@ impl DaemonProcess {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let address = std::net::SocketAddr::from(([127, 0, 0, 1], self.health_port));
-            if crate::http::probe::status(address, "/readyz", Duration::from_secs(1)).await
+            if notification_scheduler::cli::probe::status(
+                address,
+                "/readyz",
+                Duration::from_secs(1),
+            )
+            .await
                 == Some(200)
             {
                 return Ok(());
