@@ -63,6 +63,14 @@ impl<E> EventSink<E> {
         Self(Arc::new(deliver))
     }
 
+    /// A sink into `actor`'s mailbox, each event wrapped by `message`.
+    pub fn to_actor<M: ractor::Message>(actor: ractor::ActorRef<M>, message: fn(E) -> M) -> Self
+    where
+        E: 'static,
+    {
+        Self::new(move |event| actor.send_message(message(event)).is_ok())
+    }
+
     /// Delivers one event; `false` if nobody receives events any more.
     pub fn send(&self, event: E) -> bool {
         (self.0)(event)

@@ -140,35 +140,8 @@ pub struct Floor {
 
 fn main() -> ExitCode {
     let args = BenchArgs::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(err) => {
-            eprintln!("error: cannot start the async runtime: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(async {
-        let telemetry = match notification_scheduler::telemetry::init(&args.logging) {
-            Ok(telemetry) => telemetry,
-            Err(message) => {
-                eprintln!("error: {message}");
-                return ExitCode::from(2);
-            }
-        };
-        let result = run(args).await;
-        if let Err(err) = &result {
-            tracing::error!("{err:#}");
-        }
-        telemetry.shutdown().await;
-        if result.is_ok() {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        }
-    })
+    let logging = args.logging.clone();
+    notification_scheduler::cli::run_with_telemetry(&logging, run(args))
 }
 
 /// Runs the selected scenarios; fails if any message was early, missing or

@@ -81,6 +81,16 @@ pub fn main() -> ExitCode {
         eprintln!("error: {err}");
         return ExitCode::from(EXIT_CONFIG);
     }
+    run_with_telemetry(&cli.logging, run(cli.command))
+}
+
+/// Runs `command` on a multi-thread runtime with logs and telemetry set up as
+/// `logging` says, logs its error, flushes telemetry, and returns the exit
+/// status. The benchmark's binary starts the same way.
+pub fn run_with_telemetry(
+    logging: &LoggingArgs,
+    command: impl Future<Output = anyhow::Result<()>>,
+) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         // At least two workers even on a one-CPU container: exporters and the
         // delivery path must not wait behind each other.
@@ -96,14 +106,14 @@ pub fn main() -> ExitCode {
     };
     runtime.block_on(async {
         // The gRPC exporter needs the runtime, so telemetry starts inside it.
-        let telemetry = match telemetry::init(&cli.logging) {
+        let telemetry = match telemetry::init(logging) {
             Ok(telemetry) => telemetry,
             Err(message) => {
                 eprintln!("error: {message}");
                 return ExitCode::from(EXIT_CONFIG);
             }
         };
-        let result = run(cli.command).await;
+        let result = command.await;
         if let Err(err) = &result {
             tracing::error!("{err:#}");
         }

@@ -79,10 +79,7 @@ impl<C: ListenConnector> Actor for ListenerActor<C> {
         myself: ActorRef<ListenerMessage>,
         args: ListenerArgs<C>,
     ) -> Result<ListenerState<C>, ActorProcessingErr> {
-        let events = {
-            let myself = myself.clone();
-            EventSink::new(move |event| myself.send_message(ListenerMessage::Listen(event)).is_ok())
-        };
+        let events = EventSink::to_actor(myself.clone(), ListenerMessage::Listen);
         let session = args
             .connector
             .connect(events)

@@ -130,12 +130,7 @@ impl<C: BrokerConnector> Actor for PublisherActor<C> {
         myself: ActorRef<PublisherMessage>,
         args: PublisherArgs<C>,
     ) -> Result<PublisherState<C>, ActorProcessingErr> {
-        let events = {
-            let myself = myself.clone();
-            EventSink::new(move |event| {
-                myself.send_message(PublisherMessage::Broker(event)).is_ok()
-            })
-        };
+        let events = EventSink::to_actor(myself.clone(), PublisherMessage::Broker);
         let session = args
             .connector
             .connect(events)
