@@ -71,8 +71,8 @@ impl ApiError {
     }
 
     /// 503: the database is unavailable.
-    pub fn unavailable(err: &dyn std::error::Error) -> Self {
-        tracing::warn!(error = %err, "database unavailable");
+    pub fn unavailable(err: &(dyn std::error::Error + 'static)) -> Self {
+        tracing::warn!(error = %actors::error_chain::Chain(err), "database unavailable");
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",

@@ -160,7 +160,7 @@ pub async fn prepare_schema(args: &DaemonArgs) -> anyhow::Result<()> {
         match db::connect(url, args.database.database_connect_timeout).await {
             Ok(client) => break client,
             Err(err) => {
-                let message = err.to_string();
+                let message = actors::error_chain::Chain(&err).to_string();
                 if reported.as_deref() != Some(message.as_str()) {
                     tracing::warn!(error = message.as_str(), "waiting for PostgreSQL");
                     reported = Some(message);

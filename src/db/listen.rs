@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
-use super::DbError;
+use super::{Cause, DbError};
 use crate::config::DatabaseUrl;
 
 /// The channel the schedule trigger notifies.
@@ -61,14 +61,8 @@ impl ListenConnector for PgListenConnector {
         let (client, mut connection) =
             match tokio::time::timeout(timeout, config.connect(NoTls)).await {
                 Ok(Ok(pair)) => pair,
-                Ok(Err(err)) => return Err(super::connect_error(&config, &err).into()),
-                Err(_) => {
-                    return Err(DbError::Unreachable {
-                        endpoint: super::endpoint(&config),
-                        reason: format!("no answer within {timeout:?}"),
-                    }
-                    .into());
-                }
+                Ok(Err(err)) => return Err(super::connect_error(&config, err).into()),
+                Err(_) => return Err(super::connect_timed_out(&config, timeout).into()),
             };
         let driver = tokio::spawn(async move {
             let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
@@ -116,11 +110,8 @@ impl PgListenSession {
         future: impl Future<Output = Result<T, tokio_postgres::Error>>,
     ) -> Result<T, DbError> {
         match tokio::time::timeout(self.ping_timeout, future).await {
-            Ok(result) => result.map_err(|err| DbError::query(context, &err)),
-            Err(_) => Err(DbError::Query {
-                context,
-                reason: format!("no answer within {:?}", self.ping_timeout),
-            }),
+            Ok(result) => result.map_err(|err| DbError::query(context, err)),
+            Err(_) => Err(DbError::timed_out(context, self.ping_timeout)),
         }
     }
 }
@@ -140,7 +131,7 @@ impl ListenSession for PgListenSession {
             Some(_) => Ok(()),
             None => Err(DbError::Query {
                 context: "pinging the LISTEN connection",
-                reason: format!("no longer subscribed to {CHANNEL}"),
+                cause: Cause::Other(format!("no longer subscribed to {CHANNEL}")),
             }
             .into()),
         }

@@ -105,18 +105,18 @@ pub async fn run(client: &mut Client) -> Result<MigrationReport, MigrateError> {
         // warnings only, so "already exists, skipping" notices stay out of the log.
         .batch_execute("SET TimeZone = 'UTC'; SET client_min_messages = warning")
         .await
-        .map_err(|err| DbError::query("preparing the migration session", &err))?;
+        .map_err(|err| DbError::query("preparing the migration session", err))?;
     let acquired: bool = client
         .query_one("SELECT pg_try_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
         .await
-        .map_err(|err| DbError::query("taking the migration lock", &err))?
+        .map_err(|err| DbError::query("taking the migration lock", err))?
         .get(0);
     if !acquired {
         tracing::info!("another migration run holds the lock; waiting for it to finish");
         client
             .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
             .await
-            .map_err(|err| DbError::query("waiting for the migration lock", &err))?;
+            .map_err(|err| DbError::query("waiting for the migration lock", err))?;
     }
     let result = apply_pending(client).await;
     // Closing the session would also release the lock; unlock explicitly so a
@@ -125,7 +125,7 @@ pub async fn run(client: &mut Client) -> Result<MigrationReport, MigrateError> {
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
         .await;
     let report = result?;
-    unlocked.map_err(|err| DbError::query("releasing the migration lock", &err))?;
+    unlocked.map_err(|err| DbError::query("releasing the migration lock", err))?;
     Ok(report)
 }
 
@@ -172,7 +172,7 @@ async fn apply_pending(client: &mut Client) -> Result<MigrationReport, MigrateEr
              )",
         )
         .await
-        .map_err(|err| DbError::query("creating the migration history table", &err))?;
+        .map_err(|err| DbError::query("creating the migration history table", err))?;
     let applied = applied_migrations(client).await?;
     let pending = pending_after(&applied)?;
     let mut report = MigrationReport {
@@ -198,7 +198,7 @@ async fn applied_migrations(client: &Client) -> Result<Vec<AppliedMigration>, Mi
             &[],
         )
         .await
-        .map_err(|err| DbError::query("reading the migration history", &err))?
+        .map_err(|err| DbError::query("reading the migration history", err))?
         .get(0);
     if !exists {
         return Ok(Vec::new());
@@ -209,7 +209,7 @@ async fn applied_migrations(client: &Client) -> Result<Vec<AppliedMigration>, Mi
             &[],
         )
         .await
-        .map_err(|err| DbError::query("reading the migration history", &err))?;
+        .map_err(|err| DbError::query("reading the migration history", err))?;
     Ok(rows
         .iter()
         .map(|row| AppliedMigration {

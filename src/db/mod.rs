@@ -15,21 +15,58 @@ use tokio_postgres::{Client, NoTls};
 
 use crate::config::DatabaseUrl;
 
-/// A failure talking to PostgreSQL, described for an operator.
+/// A failure talking to PostgreSQL: what was attempted, with its [`Cause`] as
+/// the source. Shown with its chain (`anyhow`'s `{:#}`, `actors::error_chain`),
+/// it reads as one line for an operator.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     /// No TCP (or socket) connection could be made.
-    #[error("cannot reach PostgreSQL at {endpoint}: {reason}")]
-    Unreachable { endpoint: String, reason: String },
+    #[error("cannot reach PostgreSQL at {endpoint}")]
+    Unreachable {
+        endpoint: String,
+        #[source]
+        cause: Cause,
+    },
     /// The server answered but refused the session (authentication, missing database).
-    #[error("PostgreSQL at {endpoint} refused the connection: {reason}")]
-    Refused { endpoint: String, reason: String },
+    #[error("PostgreSQL at {endpoint} refused the connection")]
+    Refused {
+        endpoint: String,
+        #[source]
+        cause: Cause,
+    },
     /// A statement failed.
-    #[error("{context}: {reason}")]
+    #[error("{context}")]
     Query {
         context: &'static str,
-        reason: String,
+        #[source]
+        cause: Cause,
     },
+}
+
+/// What lies under a [`DbError`].
+#[derive(Debug, thiserror::Error)]
+pub enum Cause {
+    /// The driver's error, shown as `reason` (the server's message and
+    /// SQLSTATE, or the driver's own message), and kept whole for callers that
+    /// inspect it.
+    #[error("{reason}")]
+    Driver {
+        reason: String,
+        error: tokio_postgres::Error,
+    },
+    /// A bound that ran out, or a failure the driver did not report.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl Cause {
+    /// A driver error shown as the server's message and SQLSTATE.
+    pub fn driver(error: tokio_postgres::Error) -> Self {
+        Self::Driver {
+            reason: describe(&error),
+            error,
+        }
+    }
 }
 
 /// Every database failure is worth retrying: the server may come back.
@@ -41,10 +78,29 @@ impl From<DbError> for actors::ports::PortError {
 
 impl DbError {
     /// Wraps a statement error with what was being attempted.
-    pub fn query(context: &'static str, err: &tokio_postgres::Error) -> Self {
+    pub fn query(context: &'static str, err: tokio_postgres::Error) -> Self {
         Self::Query {
             context,
-            reason: describe(err),
+            cause: Cause::driver(err),
+        }
+    }
+
+    /// A statement that got no answer within `bound`.
+    pub fn timed_out(context: &'static str, bound: Duration) -> Self {
+        Self::Query {
+            context,
+            cause: Cause::Other(format!("no answer within {bound:?}")),
+        }
+    }
+
+    /// The driver's error underneath, if there is one.
+    pub fn driver_error(&self) -> Option<&tokio_postgres::Error> {
+        let (Self::Unreachable { cause, .. }
+        | Self::Refused { cause, .. }
+        | Self::Query { cause, .. }) = self;
+        match cause {
+            Cause::Driver { error, .. } => Some(error),
+            Cause::Other(_) => None,
         }
     }
 }
@@ -72,18 +128,32 @@ pub fn endpoint(config: &tokio_postgres::Config) -> String {
 }
 
 /// Classifies a connection failure: refused by the server, or not reached at all.
-pub fn connect_error(config: &tokio_postgres::Config, err: &tokio_postgres::Error) -> DbError {
+pub fn connect_error(config: &tokio_postgres::Config, err: tokio_postgres::Error) -> DbError {
     let endpoint = endpoint(config);
     match err.as_db_error() {
         Some(db) => DbError::Refused {
             endpoint,
-            reason: db.message().to_owned(),
+            cause: Cause::Driver {
+                reason: db.message().to_owned(),
+                error: err,
+            },
         },
         None => DbError::Unreachable {
             endpoint,
-            reason: std::error::Error::source(err)
-                .map_or_else(|| err.to_string(), ToString::to_string),
+            cause: Cause::Driver {
+                reason: std::error::Error::source(&err)
+                    .map_or_else(|| err.to_string(), ToString::to_string),
+                error: err,
+            },
         },
+    }
+}
+
+/// A connection attempt that got no answer within `bound`.
+pub fn connect_timed_out(config: &tokio_postgres::Config, bound: Duration) -> DbError {
+    DbError::Unreachable {
+        endpoint: endpoint(config),
+        cause: Cause::Other(format!("no answer within {bound:?}")),
     }
 }
 
@@ -96,13 +166,8 @@ pub async fn connect(url: &DatabaseUrl, timeout: Duration) -> Result<Client, DbE
     config.connect_timeout(timeout);
     let (client, connection) = match tokio::time::timeout(timeout, config.connect(NoTls)).await {
         Ok(Ok(pair)) => pair,
-        Ok(Err(err)) => return Err(connect_error(&config, &err)),
-        Err(_) => {
-            return Err(DbError::Unreachable {
-                endpoint: endpoint(&config),
-                reason: format!("no answer within {timeout:?}"),
-            });
-        }
+        Ok(Err(err)) => return Err(connect_error(&config, err)),
+        Err(_) => return Err(connect_timed_out(&config, timeout)),
     };
     tokio::spawn(async move {
         if let Err(err) = connection.await {
@@ -145,14 +210,14 @@ pub fn name_connections(config: &mut tokio_postgres::Config, name: &str) {
 pub fn pool_error(url: &DatabaseUrl, err: PoolError) -> DbError {
     let config = url.config();
     match err {
-        PoolError::Backend(err) => connect_error(config, &err),
+        PoolError::Backend(err) => connect_error(config, err),
         PoolError::Timeout(_) => DbError::Unreachable {
             endpoint: endpoint(config),
-            reason: "timed out waiting for a connection".to_owned(),
+            cause: Cause::Other("timed out waiting for a connection".to_owned()),
         },
         other => DbError::Unreachable {
             endpoint: endpoint(config),
-            reason: other.to_string(),
+            cause: Cause::Other(other.to_string()),
         },
     }
 }

@@ -73,11 +73,8 @@ impl PgScheduleStore {
         future: impl Future<Output = Result<T, tokio_postgres::Error>>,
     ) -> Result<T, DbError> {
         match tokio::time::timeout(self.settings.query_timeout, future).await {
-            Ok(result) => result.map_err(|err| DbError::query(context, &err)),
-            Err(_) => Err(DbError::Query {
-                context,
-                reason: format!("no answer within {:?}", self.settings.query_timeout),
-            }),
+            Ok(result) => result.map_err(|err| DbError::query(context, err)),
+            Err(_) => Err(DbError::timed_out(context, self.settings.query_timeout)),
         }
     }
 }
@@ -200,12 +197,10 @@ impl Claim for PgClaim {
                 client.release();
                 Ok(())
             }
-            Ok(Err(err)) => Err(DbError::query("recording delivered reminders", &err).into()),
-            Err(_) => Err(DbError::Query {
-                context: "recording delivered reminders",
-                reason: format!("no answer within {:?}", self.query_timeout),
+            Ok(Err(err)) => Err(DbError::query("recording delivered reminders", err).into()),
+            Err(_) => {
+                Err(DbError::timed_out("recording delivered reminders", self.query_timeout).into())
             }
-            .into()),
         }
     }
 }
