@@ -208,37 +208,34 @@ fn mask_password_values(text: &str) -> String {
     masked
 }
 
-/// Parses durations such as `250ms`, `30s`, `5m`, `1h` or `7d`.
+/// Parses durations such as `250ms`, `30s`, `5m`, `1h` or `7d` with humantime.
+// A thin wrapper: humantime's errors neither quote the value nor say what is
+// expected, and its range exceeds the u64 milliseconds settings were bounded by.
 pub fn duration(raw: &str) -> Result<Duration, String> {
     let expected = "expected a whole number with a unit (ms, s, m, h or d), e.g. 30s";
-    let trimmed = raw.trim();
-    let split = trimmed
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("'{raw}' has no unit; {expected}"))?;
-    let (number, unit) = trimmed.split_at(split);
-    let value: u64 = number
-        .parse()
-        .map_err(|_| format!("'{raw}' is not a duration; {expected}"))?;
-    let millis_per_unit: u64 = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return Err(format!("'{raw}' has unknown unit '{unit}'; {expected}")),
-    };
-    value
-        .checked_mul(millis_per_unit)
-        .map(Duration::from_millis)
-        .ok_or_else(|| format!("'{raw}' is too large; {expected}"))
+    let value = humantime::parse_duration(raw).map_err(|err| match err {
+        humantime::DurationError::UnknownUnit { unit, .. } if unit.is_empty() => {
+            format!("'{raw}' has no unit; {expected}")
+        }
+        humantime::DurationError::UnknownUnit { unit, .. } => {
+            format!("'{raw}' has unknown unit '{unit}'; {expected}")
+        }
+        humantime::DurationError::NumberOverflow => format!("'{raw}' is too large; {expected}"),
+        _ => format!("'{raw}' is not a duration; {expected}"),
+    })?;
+    if u64::try_from(value.as_millis()).is_err() {
+        return Err(format!("'{raw}' is too large; {expected}"));
+    }
+    Ok(value)
 }
 
 /// A duration that must be at least one millisecond.
 pub fn positive_duration(raw: &str) -> Result<Duration, String> {
     let value = duration(raw)?;
-    if value.is_zero() {
+    if value < Duration::from_millis(1) {
+        let size = if value.is_zero() { "zero" } else { "under 1ms" };
         return Err(format!(
-            "'{raw}' is zero; expected a positive duration, e.g. 30s"
+            "'{raw}' is {size}; expected a positive duration, e.g. 30s"
         ));
     }
     Ok(value)
@@ -451,6 +448,12 @@ mod tests {
         assert!(duration("30").unwrap_err().contains("no unit"));
         assert!(duration("3x").unwrap_err().contains("unknown unit 'x'"));
         assert!(positive_duration("0s").unwrap_err().contains("zero"));
+        assert!(
+            positive_duration("500us")
+                .unwrap_err()
+                .contains("under 1ms")
+        );
+        assert!(duration("soon").unwrap_err().contains("'soon'"));
     }
 
     #[test]
