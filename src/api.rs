@@ -30,11 +30,7 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
         }
     };
     let state = ApiState {
-        pool: db::pool(
-            url,
-            usize::try_from(args.pool_size).unwrap_or(10),
-            args.database.database_connect_timeout,
-        ),
+        pool: db::pool(url, args.pool_size, args.database.database_connect_timeout),
         database_url: url.clone(),
         default_minutes: Arc::from(args.default_reminder_minutes.0.as_slice()),
     };

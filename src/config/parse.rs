@@ -248,10 +248,11 @@ pub fn listen_address(raw: &str) -> Result<SocketAddr, String> {
     })
 }
 
-/// Builds a parser for an integer within `min..=max`.
-pub fn bounded_integer(min: u64, max: u64) -> impl Fn(&str) -> Result<u64, String> + Clone {
+/// Builds a parser for a count within `min..=max`.
+// Not clap's ranged parser: for `x` it says only "invalid digit found in string", no value or range.
+pub fn bounded_integer(min: usize, max: usize) -> impl Fn(&str) -> Result<usize, String> + Clone {
     move |raw| {
-        let value: u64 = raw
+        let value: usize = raw
             .trim()
             .parse()
             .map_err(|_| format!("'{raw}' is not a whole number; expected {min} to {max}"))?;
