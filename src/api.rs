@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use secrecy::ExposeSecret;
+
 use crate::config::ApiArgs;
 use crate::db::{self, migrate};
 use crate::http::api::{self, ApiState, BearerToken};
@@ -19,7 +21,7 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
     }
     drop(client);
     let token = match (&args.api_token, args.insecure_no_auth) {
-        (Some(token), _) => Some(BearerToken::new(token.expose())),
+        (Some(token), _) => Some(BearerToken::new(token.expose_secret())),
         (None, _) => {
             tracing::error!(
                 "INSECURE: the API is serving WITHOUT AUTHENTICATION (--insecure-no-auth); \

@@ -250,7 +250,7 @@ pub struct ApiArgs {
     /// Bearer token every /games and /schedule request must present (at least
     /// 16 characters). Required unless --insecure-no-auth.
     #[arg(long, env = "API_TOKEN", hide_env_values = true, value_parser = parse::token)]
-    pub api_token: Option<parse::Secret>,
+    pub api_token: Option<secrecy::SecretString>,
 
     /// Serve without authentication. For local development only; logged loudly.
     #[arg(long, env = "API_INSECURE_NO_AUTH", default_value_t = false, value_parser = parse::boolean, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]

@@ -6,12 +6,14 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
+use secrecy::{ExposeSecret, SecretString};
+
 /// A PostgreSQL connection string, kept parsed and with a printable form that
 /// never reveals the password.
 #[derive(Clone)]
 pub struct DatabaseUrl {
     config: std::sync::Arc<tokio_postgres::Config>,
-    raw: String,
+    raw: SecretString,
     masked: String,
 }
 
@@ -28,7 +30,7 @@ impl DatabaseUrl {
 
     /// The URL as given, password included: only for handing to a child process.
     pub fn raw(&self) -> &str {
-        &self.raw
+        self.raw.expose_secret()
     }
 }
 
@@ -66,7 +68,7 @@ impl FromStr for DatabaseUrl {
         }
         Ok(Self {
             config: std::sync::Arc::new(config),
-            raw: raw.to_owned(),
+            raw: raw.into(),
             masked,
         })
     }
@@ -75,7 +77,7 @@ impl FromStr for DatabaseUrl {
 /// An AMQP 0-9-1 broker URL, with a printable form that never reveals the password.
 #[derive(Clone)]
 pub struct BrokerUrl {
-    raw: String,
+    raw: SecretString,
     masked: String,
     host: String,
     port: u16,
@@ -84,7 +86,7 @@ pub struct BrokerUrl {
 impl BrokerUrl {
     /// The URL as given, for the AMQP client.
     pub fn as_str(&self) -> &str {
-        &self.raw
+        self.raw.expose_secret()
     }
 
     /// The URL with the password replaced by `****`.
@@ -144,7 +146,7 @@ impl FromStr for BrokerUrl {
         raw.parse::<lapin::uri::AMQPUri>()
             .map_err(|err| format!("'{masked}' cannot be parsed ({err}); {EXPECTED}"))?;
         Ok(Self {
-            raw: raw.to_owned(),
+            raw: raw.into(),
             masked,
             host: host.to_owned(),
             port,
@@ -263,33 +265,15 @@ pub fn bounded_integer(min: usize, max: usize) -> impl Fn(&str) -> Result<usize,
     }
 }
 
-/// A secret setting: printed as `****` by `Debug`, so a settings dump never
-/// shows it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// The secret itself, for the one place that needs it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("****")
-    }
-}
-
 /// A bearer token: 16 to 512 visible ASCII characters (never echoed back).
-pub fn token(raw: &str) -> Result<Secret, String> {
+pub fn token(raw: &str) -> Result<SecretString, String> {
     let length = raw.chars().count();
     if !(16..=512).contains(&length) || !raw.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(format!(
             "the token (value hidden, {length} characters) must be 16 to 512 visible ASCII characters without spaces"
         ));
     }
-    Ok(Secret(raw.to_owned()))
+    Ok(raw.into())
 }
 
 /// `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`).
