@@ -129,27 +129,30 @@ impl FromStr for BrokerUrl {
                  percent-encode them (%2F, %3F, %23); {EXPECTED}"
             ));
         }
-        let after_userinfo = rest.rfind('@').map_or(rest, |at| &rest[at + 1..]);
-        let host_port = after_userinfo.split(['/', '?']).next().unwrap_or_default();
-        let (host, port) = match host_port.rsplit_once(':') {
-            Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => {
-                let port = port
-                    .parse::<u16>()
-                    .map_err(|_| format!("'{masked}' has port '{port}'; {EXPECTED}"))?;
-                (host, port)
+        let url = url::Url::parse(raw).map_err(|err| match err {
+            url::ParseError::InvalidPort => {
+                // url's error does not quote the port; it follows the last ':' of the host part.
+                let host_port = rest.rsplit('@').next().unwrap_or_default();
+                let host_port = host_port.split(['/', '?', '#']).next().unwrap_or_default();
+                let port = host_port
+                    .rsplit_once(':')
+                    .map_or(host_port, |(_, port)| port);
+                format!("'{masked}' has port '{port}'; {EXPECTED}")
             }
-            _ => (host_port, default_port),
-        };
-        if host.is_empty() {
-            return Err(format!("'{masked}' names no host; {EXPECTED}"));
-        }
+            url::ParseError::EmptyHost => format!("'{masked}' names no host; {EXPECTED}"),
+            other => format!("'{masked}' cannot be parsed ({other}); {EXPECTED}"),
+        })?;
+        let host = url
+            .host_str()
+            .filter(|host| !host.is_empty())
+            .ok_or_else(|| format!("'{masked}' names no host; {EXPECTED}"))?;
         raw.parse::<lapin::uri::AMQPUri>()
             .map_err(|err| format!("'{masked}' cannot be parsed ({err}); {EXPECTED}"))?;
         Ok(Self {
             raw: raw.into(),
             masked,
             host: host.to_owned(),
-            port,
+            port: url.port().unwrap_or(default_port),
         })
     }
 }
@@ -159,6 +162,7 @@ impl FromStr for BrokerUrl {
 /// `@`), and the value of any `password` parameter (`?password=`, `&sslpassword=`,
 /// key-value `password = ...`). Errs on the side of masking too much: a
 /// configuration message must never print a secret, even of a malformed value.
+// Not the url crate: it ends the user-info at the first '/', so part of a password holding one could print.
 pub fn mask_password(raw: &str) -> String {
     mask_password_values(&mask_userinfo(raw))
 }
@@ -411,6 +415,13 @@ mod tests {
         assert_eq!(url.endpoint(), "rabbit:5673");
         let url: BrokerUrl = "amqp://localhost".parse().unwrap();
         assert_eq!(url.endpoint(), "localhost:5672");
+        let url: BrokerUrl = "amqps://u:p@[::1]/%2f".parse().unwrap();
+        assert_eq!(url.endpoint(), "[::1]:5671");
+        let err = "amqp://u:secret@:5672/".parse::<BrokerUrl>().unwrap_err();
+        assert!(
+            err.contains("names no host") && !err.contains("secret"),
+            "{err}"
+        );
         let err = "http://u:secret@h".parse::<BrokerUrl>().unwrap_err();
         assert!(
             err.contains("scheme 'http'") && !err.contains("secret"),
