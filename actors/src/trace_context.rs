@@ -1,36 +1,25 @@
 //! W3C trace context stored with reminders, turned into span links.
 
-use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+use std::collections::HashMap;
+
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::{SpanContext, TraceContextExt};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 
 /// The span context a `traceparent` (version 00) names, if it is well formed
 /// and valid (non-zero ids).
 pub fn from_traceparent(traceparent: &str) -> Option<SpanContext> {
-    let mut fields = traceparent.split('-');
-    let (version, trace_id, span_id, flags) = (
-        fields.next()?,
-        fields.next()?,
-        fields.next()?,
-        fields.next()?,
-    );
-    let hex = |field: &str, len: usize| {
-        field.len() == len && field.bytes().all(|b| b.is_ascii_hexdigit())
-    };
-    if fields.next().is_some()
-        || version != "00"
-        || !hex(trace_id, 32)
-        || !hex(span_id, 16)
-        || !hex(flags, 2)
-    {
-        return None;
-    }
-    let context = SpanContext::new(
-        TraceId::from_hex(trace_id).ok()?,
-        SpanId::from_hex(span_id).ok()?,
-        TraceFlags::new(u8::from_str_radix(flags, 16).ok()?),
-        true,
-        TraceState::NONE,
-    );
-    context.is_valid().then_some(context)
+    // The propagator reads ids with from_str_radix (short or '+'-signed ones pass)
+    // and takes future versions; stored values must be exact version-00 ones.
+    let exact = traceparent.starts_with("00-")
+        && traceparent.split('-').map(str::len).eq([2, 32, 16, 2])
+        && traceparent
+            .bytes()
+            .all(|b| b == b'-' || b.is_ascii_hexdigit());
+    let carrier = HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
+    let context = TraceContextPropagator::new().extract(&carrier);
+    let span_context = context.span().span_context().clone();
+    (exact && span_context.is_valid()).then_some(span_context)
 }
 
 #[cfg(test)]

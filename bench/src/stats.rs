@@ -100,6 +100,7 @@ pub fn lateness(expected: &HashMap<Uuid, DateTime<Utc>>, received: &[Received]) 
 }
 
 /// Nearest-rank percentile of sorted values.
+// Not hdrhistogram: lateness is negative for early messages, and a few thousand samples sort exactly.
 pub fn percentile(sorted: &[f64], percent: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;

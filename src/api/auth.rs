@@ -7,6 +7,7 @@ use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
 
@@ -23,11 +24,7 @@ impl BearerToken {
     /// first differing byte shows in the time taken.
     pub fn matches(&self, presented: &str) -> bool {
         let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        self.0
-            .iter()
-            .zip(presented.iter())
-            .fold(0u8, |difference, (a, b)| difference | (a ^ b))
-            == 0
+        self.0.ct_eq(&presented).into()
     }
 }
 

@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 pub use auth::BearerToken;
 pub use error::{ApiError, ErrorBody};
+use secrecy::ExposeSecret;
 pub use server::{ApiState, router};
 
 use crate::config::ApiArgs;
@@ -37,7 +38,7 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
     }
     drop(client);
     let token = match (&args.api_token, args.insecure_no_auth) {
-        (Some(token), _) => Some(BearerToken::new(token.expose())),
+        (Some(token), _) => Some(BearerToken::new(token.expose_secret())),
         (None, _) => {
             tracing::error!(
                 "INSECURE: the API is serving WITHOUT AUTHENTICATION (--insecure-no-auth); \
@@ -48,11 +49,7 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
         }
     };
     let state = ApiState {
-        pool: db::pool(
-            url,
-            usize::try_from(args.pool_size).unwrap_or(10),
-            args.database.database_connect_timeout,
-        ),
+        pool: db::pool(url, args.pool_size, args.database.database_connect_timeout),
         database_url: url.clone(),
         default_minutes: Arc::from(args.default_reminder_minutes.0.as_slice()),
     };

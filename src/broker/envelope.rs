@@ -31,9 +31,8 @@ pub struct ReminderData<'a> {
 
 /// The trace id (second field) of a W3C `traceparent`, if well formed.
 pub fn trace_id(traceparent: &str) -> Option<&str> {
-    let mut fields = traceparent.split('-');
-    let (_version, trace_id) = (fields.next()?, fields.next()?);
-    (trace_id.len() == 32 && trace_id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(trace_id)
+    // Accepted values have the exact version-00 layout, so the id is at 3..35.
+    actors::trace_context::from_traceparent(traceparent).map(|_| &traceparent[3..35])
 }
 
 /// Body and properties of the message for `reminder`, published at `now`.

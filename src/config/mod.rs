@@ -138,12 +138,12 @@ pub struct DaemonArgs {
     /// Reminders claimed and published per batch. Larger batches drain a
     /// backlog faster; a batch is also what may be sent twice after a crash.
     #[arg(long, env = "DELIVERY_BATCH_SIZE", default_value = "500", value_parser = parse::bounded_integer(1, 10_000))]
-    pub batch_size: u64,
+    pub batch_size: usize,
 
     /// Batches that may wait for broker confirms at once (each holds one
     /// database connection), so claiming overlaps confirming.
     #[arg(long, env = "DELIVERY_MAX_IN_FLIGHT_BATCHES", default_value = "4", value_parser = parse::bounded_integer(1, 64))]
-    pub max_in_flight_batches: u64,
+    pub max_in_flight_batches: usize,
 
     /// Longest time a claimed batch may hold its rows. PostgreSQL ends a claim
     /// idle for longer (a hung or paused replica), releasing the rows to others.
@@ -250,7 +250,7 @@ pub struct ApiArgs {
     /// Bearer token every /games and /schedule request must present (at least
     /// 16 characters). Required unless --insecure-no-auth.
     #[arg(long, env = "API_TOKEN", hide_env_values = true, value_parser = parse::token)]
-    pub api_token: Option<parse::Secret>,
+    pub api_token: Option<secrecy::SecretString>,
 
     /// Serve without authentication. For local development only; logged loudly.
     #[arg(long, env = "API_INSECURE_NO_AUTH", default_value_t = false, value_parser = parse::boolean, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
@@ -262,7 +262,7 @@ pub struct ApiArgs {
 
     /// Database connections the API may hold.
     #[arg(long, env = "DATABASE_POOL_SIZE", default_value = "10", value_parser = parse::bounded_integer(1, 1_000))]
-    pub pool_size: u64,
+    pub pool_size: usize,
 
     /// Apply pending migrations at start instead of requiring `migrate` first.
     #[arg(long, env = "MIGRATE_ON_START", default_value_t = false, value_parser = parse::boolean, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]

@@ -6,12 +6,14 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
+use secrecy::{ExposeSecret, SecretString};
+
 /// A PostgreSQL connection string, kept parsed and with a printable form that
 /// never reveals the password.
 #[derive(Clone)]
 pub struct DatabaseUrl {
     config: std::sync::Arc<tokio_postgres::Config>,
-    raw: String,
+    raw: SecretString,
     masked: String,
 }
 
@@ -28,7 +30,7 @@ impl DatabaseUrl {
 
     /// The URL as given, password included: only for handing to a child process.
     pub fn raw(&self) -> &str {
-        &self.raw
+        self.raw.expose_secret()
     }
 }
 
@@ -66,7 +68,7 @@ impl FromStr for DatabaseUrl {
         }
         Ok(Self {
             config: std::sync::Arc::new(config),
-            raw: raw.to_owned(),
+            raw: raw.into(),
             masked,
         })
     }
@@ -75,7 +77,7 @@ impl FromStr for DatabaseUrl {
 /// An AMQP 0-9-1 broker URL, with a printable form that never reveals the password.
 #[derive(Clone)]
 pub struct BrokerUrl {
-    raw: String,
+    raw: SecretString,
     masked: String,
     host: String,
     port: u16,
@@ -84,7 +86,7 @@ pub struct BrokerUrl {
 impl BrokerUrl {
     /// The URL as given, for the AMQP client.
     pub fn as_str(&self) -> &str {
-        &self.raw
+        self.raw.expose_secret()
     }
 
     /// The URL with the password replaced by `****`.
@@ -127,27 +129,30 @@ impl FromStr for BrokerUrl {
                  percent-encode them (%2F, %3F, %23); {EXPECTED}"
             ));
         }
-        let after_userinfo = rest.rfind('@').map_or(rest, |at| &rest[at + 1..]);
-        let host_port = after_userinfo.split(['/', '?']).next().unwrap_or_default();
-        let (host, port) = match host_port.rsplit_once(':') {
-            Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => {
-                let port = port
-                    .parse::<u16>()
-                    .map_err(|_| format!("'{masked}' has port '{port}'; {EXPECTED}"))?;
-                (host, port)
+        let url = url::Url::parse(raw).map_err(|err| match err {
+            url::ParseError::InvalidPort => {
+                // url's error does not quote the port; it follows the last ':' of the host part.
+                let host_port = rest.rsplit('@').next().unwrap_or_default();
+                let host_port = host_port.split(['/', '?', '#']).next().unwrap_or_default();
+                let port = host_port
+                    .rsplit_once(':')
+                    .map_or(host_port, |(_, port)| port);
+                format!("'{masked}' has port '{port}'; {EXPECTED}")
             }
-            _ => (host_port, default_port),
-        };
-        if host.is_empty() {
-            return Err(format!("'{masked}' names no host; {EXPECTED}"));
-        }
+            url::ParseError::EmptyHost => format!("'{masked}' names no host; {EXPECTED}"),
+            other => format!("'{masked}' cannot be parsed ({other}); {EXPECTED}"),
+        })?;
+        let host = url
+            .host_str()
+            .filter(|host| !host.is_empty())
+            .ok_or_else(|| format!("'{masked}' names no host; {EXPECTED}"))?;
         raw.parse::<lapin::uri::AMQPUri>()
             .map_err(|err| format!("'{masked}' cannot be parsed ({err}); {EXPECTED}"))?;
         Ok(Self {
-            raw: raw.to_owned(),
+            raw: raw.into(),
             masked,
             host: host.to_owned(),
-            port,
+            port: url.port().unwrap_or(default_port),
         })
     }
 }
@@ -157,6 +162,7 @@ impl FromStr for BrokerUrl {
 /// `@`), and the value of any `password` parameter (`?password=`, `&sslpassword=`,
 /// key-value `password = ...`). Errs on the side of masking too much: a
 /// configuration message must never print a secret, even of a malformed value.
+// Not the url crate: it ends the user-info at the first '/', so part of a password holding one could print.
 pub fn mask_password(raw: &str) -> String {
     mask_password_values(&mask_userinfo(raw))
 }
@@ -208,37 +214,34 @@ fn mask_password_values(text: &str) -> String {
     masked
 }
 
-/// Parses durations such as `250ms`, `30s`, `5m`, `1h` or `7d`.
+/// Parses durations such as `250ms`, `30s`, `5m`, `1h` or `7d` with humantime.
+// A thin wrapper: humantime's errors neither quote the value nor say what is
+// expected, and its range exceeds the u64 milliseconds settings were bounded by.
 pub fn duration(raw: &str) -> Result<Duration, String> {
     let expected = "expected a whole number with a unit (ms, s, m, h or d), e.g. 30s";
-    let trimmed = raw.trim();
-    let split = trimmed
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("'{raw}' has no unit; {expected}"))?;
-    let (number, unit) = trimmed.split_at(split);
-    let value: u64 = number
-        .parse()
-        .map_err(|_| format!("'{raw}' is not a duration; {expected}"))?;
-    let millis_per_unit: u64 = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        _ => return Err(format!("'{raw}' has unknown unit '{unit}'; {expected}")),
-    };
-    value
-        .checked_mul(millis_per_unit)
-        .map(Duration::from_millis)
-        .ok_or_else(|| format!("'{raw}' is too large; {expected}"))
+    let value = humantime::parse_duration(raw).map_err(|err| match err {
+        humantime::DurationError::UnknownUnit { unit, .. } if unit.is_empty() => {
+            format!("'{raw}' has no unit; {expected}")
+        }
+        humantime::DurationError::UnknownUnit { unit, .. } => {
+            format!("'{raw}' has unknown unit '{unit}'; {expected}")
+        }
+        humantime::DurationError::NumberOverflow => format!("'{raw}' is too large; {expected}"),
+        _ => format!("'{raw}' is not a duration; {expected}"),
+    })?;
+    if u64::try_from(value.as_millis()).is_err() {
+        return Err(format!("'{raw}' is too large; {expected}"));
+    }
+    Ok(value)
 }
 
 /// A duration that must be at least one millisecond.
 pub fn positive_duration(raw: &str) -> Result<Duration, String> {
     let value = duration(raw)?;
-    if value.is_zero() {
+    if value < Duration::from_millis(1) {
+        let size = if value.is_zero() { "zero" } else { "under 1ms" };
         return Err(format!(
-            "'{raw}' is zero; expected a positive duration, e.g. 30s"
+            "'{raw}' is {size}; expected a positive duration, e.g. 30s"
         ));
     }
     Ok(value)
@@ -251,10 +254,11 @@ pub fn listen_address(raw: &str) -> Result<SocketAddr, String> {
     })
 }
 
-/// Builds a parser for an integer within `min..=max`.
-pub fn bounded_integer(min: u64, max: u64) -> impl Fn(&str) -> Result<u64, String> + Clone {
+/// Builds a parser for a count within `min..=max`.
+// Not clap's ranged parser: for `x` it says only "invalid digit found in string", no value or range.
+pub fn bounded_integer(min: usize, max: usize) -> impl Fn(&str) -> Result<usize, String> + Clone {
     move |raw| {
-        let value: u64 = raw
+        let value: usize = raw
             .trim()
             .parse()
             .map_err(|_| format!("'{raw}' is not a whole number; expected {min} to {max}"))?;
@@ -265,33 +269,15 @@ pub fn bounded_integer(min: u64, max: u64) -> impl Fn(&str) -> Result<u64, Strin
     }
 }
 
-/// A secret setting: printed as `****` by `Debug`, so a settings dump never
-/// shows it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// The secret itself, for the one place that needs it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("****")
-    }
-}
-
 /// A bearer token: 16 to 512 visible ASCII characters (never echoed back).
-pub fn token(raw: &str) -> Result<Secret, String> {
+pub fn token(raw: &str) -> Result<SecretString, String> {
     let length = raw.chars().count();
     if !(16..=512).contains(&length) || !raw.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(format!(
             "the token (value hidden, {length} characters) must be 16 to 512 visible ASCII characters without spaces"
         ));
     }
-    Ok(Secret(raw.to_owned()))
+    Ok(raw.into())
 }
 
 /// `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`).
@@ -429,6 +415,13 @@ mod tests {
         assert_eq!(url.endpoint(), "rabbit:5673");
         let url: BrokerUrl = "amqp://localhost".parse().unwrap();
         assert_eq!(url.endpoint(), "localhost:5672");
+        let url: BrokerUrl = "amqps://u:p@[::1]/%2f".parse().unwrap();
+        assert_eq!(url.endpoint(), "[::1]:5671");
+        let err = "amqp://u:secret@:5672/".parse::<BrokerUrl>().unwrap_err();
+        assert!(
+            err.contains("names no host") && !err.contains("secret"),
+            "{err}"
+        );
         let err = "http://u:secret@h".parse::<BrokerUrl>().unwrap_err();
         assert!(
             err.contains("scheme 'http'") && !err.contains("secret"),
@@ -451,6 +444,12 @@ mod tests {
         assert!(duration("30").unwrap_err().contains("no unit"));
         assert!(duration("3x").unwrap_err().contains("unknown unit 'x'"));
         assert!(positive_duration("0s").unwrap_err().contains("zero"));
+        assert!(
+            positive_duration("500us")
+                .unwrap_err()
+                .contains("under 1ms")
+        );
+        assert!(duration("soon").unwrap_err().contains("'soon'"));
     }
 
     #[test]

@@ -178,7 +178,7 @@ pub async fn prepare_schema(args: &DaemonArgs) -> anyhow::Result<()> {
 }
 
 fn store(args: &DaemonArgs) -> PgScheduleStore {
-    let in_flight = usize::try_from(args.max_in_flight_batches).unwrap_or(1);
+    let in_flight = args.max_in_flight_batches;
     // One connection per batch awaiting confirms, one for the round's queries,
     // one spare for the next claim while a batch commits.
     let pool = db::pool(
@@ -204,8 +204,8 @@ fn supervisor_settings(args: &DaemonArgs) -> SupervisorSettings {
         listener_ping_interval: args.listener_ping_interval,
         confirm_timeout: args.broker.rabbitmq_confirm_timeout,
         scheduler: SchedulerSettings {
-            batch_size: usize::try_from(args.batch_size).unwrap_or(1),
-            max_in_flight_batches: usize::try_from(args.max_in_flight_batches).unwrap_or(1),
+            batch_size: args.batch_size,
+            max_in_flight_batches: args.max_in_flight_batches,
             max_sleep: args.max_timer_sleep,
             safety_check_interval: args.safety_check_interval,
             contention_backoff: (Duration::from_millis(50), Duration::from_secs(1)),
