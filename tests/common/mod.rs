@@ -14,6 +14,7 @@ pub mod private_pg;
 pub mod private_rabbit;
 pub mod process;
 pub mod proxy;
+pub mod rig;
 pub mod schedule;
 
 use std::time::Duration;
