@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::TestDb;
 use common::private_pg::PrivatePg;
-use common::private_rabbit::PrivateRabbit;
+use common::private_rabbit::{DurableQueue, PrivateRabbit};
 use common::process::{LogTail, Running, free_port};
 use common::rig::{
     Rig, all_sent, assert_within_window, by_id, drain_settings, overriding, spawn_followed,
@@ -371,7 +371,7 @@ async fn a_broker_memory_alarm_pauses_delivery_until_it_clears_and_nothing_is_lo
 /// One daemon draining its own backlog to its own queue through an alarm.
 struct AlarmedDrain {
     claim_timeout: &'static str,
-    queue: String,
+    queue: DurableQueue,
     client: tokio_postgres::Client,
     expected: HashMap<String, Reminder>,
     daemon: Running,
