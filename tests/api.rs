@@ -1,7 +1,7 @@
 //! The games API against a real database: every endpoint, every validation
 //! rule, authentication.
 
-mod common;
+pub mod common;
 
 use common::TestDb;
 use common::api::{TOKEN, TestApi, in_seconds, json};

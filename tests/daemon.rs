@@ -1,7 +1,7 @@
 //! The delivery daemon against real PostgreSQL and RabbitMQ: one database and
 //! one exchange per test.
 
-mod common;
+pub mod common;
 
 use std::collections::HashMap;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! The whole system as deployed: the `api` and `daemon` processes, a real
 //! database and a RabbitMQ consumer.
 
-mod common;
+pub mod common;
 
 use std::time::Duration;
 

@@ -15,7 +15,7 @@
 //! with the query timeout, statement timeouts, AMQP heartbeats and confirm
 //! timeouts. That is the worst case of a half-open connection.
 
-mod common;
+pub mod common;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

@@ -5,7 +5,7 @@
 //! These tests start servers and drain backlogs, so nextest runs them one at a
 //! time (test group `private-servers` in .config/nextest.toml).
 
-mod common;
+pub mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};

@@ -1,6 +1,6 @@
 //! The schema, its migrations and its change trigger, against a real server.
 
-mod common;
+pub mod common;
 
 use common::{TestDb, WAIT};
 use futures_util::StreamExt;

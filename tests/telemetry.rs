@@ -1,7 +1,7 @@
 //! OpenTelemetry export as a collector sees it: the binary's API and daemon
 //! export to an OTLP/HTTP endpoint in this test process.
 
-mod common;
+pub mod common;
 
 use common::otlp::{OtlpReceiver, ReceivedSpan, attribute, hex};
 use common::process::{

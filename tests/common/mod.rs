@@ -5,8 +5,10 @@
 //! The servers default to the local ones; `TEST_DATABASE_URL` (any database on
 //! the server) and `TEST_RABBITMQ_URL` point elsewhere. An unreachable server
 //! fails the test with a message saying so; nothing is skipped silently.
-
-#![allow(dead_code)] // each test binary uses a different part of this module
+//!
+//! Every test binary includes this module as `pub mod common;`: it is the
+//! binary's public support interface, so the parts one binary does not use are
+//! not dead code there (helpers no binary uses are removed instead).
 
 pub mod api;
 pub mod otlp;

@@ -98,11 +98,6 @@ pub async fn wait_for_count(client: &tokio_postgres::Client, condition: &str, ex
     .await;
 }
 
-/// Daemon settings for a test database and exchange, plus `extra` flags.
-pub fn daemon_args(db: &TestDb, broker: &TestBroker, extra: &[&str]) -> DaemonArgs {
-    daemon_args_at(&db.url, broker, extra)
-}
-
 /// Daemon settings for the database at `database_url` (a proxy, a private
 /// server), plus `extra` flags.
 pub fn daemon_args_at(database_url: &str, broker: &TestBroker, extra: &[&str]) -> DaemonArgs {

@@ -9,7 +9,7 @@
 //! prints the shrunk input.
 
 #[path = "../common/mod.rs"]
-mod common;
+pub mod common;
 
 mod api_cases;
 mod api_harness;
