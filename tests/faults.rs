@@ -20,11 +20,11 @@ pub mod common;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::process::{LogTail, Running, free_port, signal, wait_exit};
-use common::rig::{QUICK_DETECTION, Rig, assert_within_window, by_id, drain_settings, terminate};
+use common::process::{LogTail, Running, free_port, signal, terminate, wait_exit};
+use common::rig::{QUICK_DETECTION, Rig, assert_within_window, by_id, drain_settings};
 use common::schedule::{
-    Reminder, account, backlog, count, pending, receive_all, reminders_where, schedule,
-    sent_at_least, wait_for, wait_for_count, wait_until,
+    Reminder, account, backlog, count, pending, reminders_where, schedule, sent_at_least, wait_for,
+    wait_for_count, wait_until,
 };
 
 /// Rows of the drain tests: enough that a fault lands mid-drain.
@@ -135,15 +135,7 @@ async fn cutting_every_database_connection_twice_during_a_backlog_drain_loses_no
         sent_at_second_cut < DRAIN_BACKLOG,
         "the drain was over before the second cut"
     );
-    let mut received = Vec::new();
-    receive_all(
-        &mut rig.consumer,
-        &expected,
-        &mut received,
-        Duration::from_secs(40),
-    )
-    .await;
-    rig.finish(&mut received).await;
+    let received = rig.receive_all(&expected, Duration::from_secs(40)).await;
     assert_within_window(account(&received, &expected), 2, "two database cuts");
     assert!(
         rig.postgres_proxy().accepted() > 2,
@@ -180,15 +172,7 @@ async fn a_broker_connection_black_holed_for_good_during_a_drain_is_replaced_and
         "reconnected {:?} after the black hole",
         blackholed_at.elapsed()
     );
-    let mut received = Vec::new();
-    receive_all(
-        &mut rig.consumer,
-        &expected,
-        &mut received,
-        Duration::from_secs(40),
-    )
-    .await;
-    rig.finish(&mut received).await;
+    let received = rig.receive_all(&expected, Duration::from_secs(40)).await;
     assert_within_window(account(&received, &expected), 1, "broker black hole");
     daemon.shutdown().await;
 }
@@ -211,15 +195,7 @@ async fn fifty_milliseconds_of_latency_to_both_servers_makes_nothing_early_and_l
     let upcoming = schedule(&rig.client, 3_600_000, &offsets).await;
     expected.extend(by_id(&upcoming));
 
-    let mut received = Vec::new();
-    receive_all(
-        &mut rig.consumer,
-        &expected,
-        &mut received,
-        Duration::from_secs(30),
-    )
-    .await;
-    rig.finish(&mut received).await;
+    let received = rig.receive_all(&expected, Duration::from_secs(30)).await;
     let tally = account(&received, &expected);
     assert_eq!(tally.duplicates, 0, "no fault, no repeat");
     // Latency makes reminders later by a few round trips, never early, and
@@ -253,25 +229,10 @@ async fn kill_9_mid_backlog_and_a_restart_deliver_everything_with_at_most_one_wi
     let (mut first, first_log) = rig.spawn_daemon(port, &[]);
 
     sent_at_least(&rig.client, ROWS / 5).await;
-    signal(&first.0, "KILL");
-    let status = wait_exit(&mut first.0).await;
-    assert_eq!(status.code(), None, "killed by a signal");
-    let sent_at_kill = count(&rig.client, "sent").await;
-    assert!(
-        sent_at_kill < ROWS,
-        "the backlog was drained before the kill"
-    );
+    let sent_at_kill = kill_mid_drain(&mut first, &rig.client, ROWS).await;
 
     let (mut second, second_log) = rig.spawn_daemon(port, &[]);
-    let mut received = Vec::new();
-    receive_all(
-        &mut rig.consumer,
-        &expected,
-        &mut received,
-        Duration::from_secs(50),
-    )
-    .await;
-    rig.finish(&mut received).await;
+    let received = rig.receive_all(&expected, Duration::from_secs(50)).await;
     let tally = account(&received, &expected);
     assert!(
         tally.duplicates <= DEFAULT_WINDOW,
@@ -286,6 +247,20 @@ async fn kill_9_mid_backlog_and_a_restart_deliver_everything_with_at_most_one_wi
     );
     signal(&second.0, "TERM");
     assert_eq!(wait_exit(&mut second.0).await.code(), Some(0));
+}
+
+/// Kills `daemon` (-9) and waits until it is gone; the rows recorded as sent
+/// by then, which must be fewer than the backlog's `rows`.
+async fn kill_mid_drain(daemon: &mut Running, client: &tokio_postgres::Client, rows: i64) -> i64 {
+    signal(&daemon.0, "KILL");
+    let status = wait_exit(&mut daemon.0).await;
+    assert_eq!(status.code(), None, "killed by a signal");
+    let sent_at_kill = count(client, "sent").await;
+    assert!(
+        sent_at_kill < rows,
+        "the backlog was drained before the kill"
+    );
+    sent_at_kill
 }
 
 /// The crash test's backlog. 100,000 rows take about 47 s with the debug
@@ -310,27 +285,13 @@ async fn three_replicas_with_one_killed_midway_deliver_everything_within_the_win
 
     sent_at_least(&rig.client, ROWS / 4).await;
     let (victim, victim_log) = &mut replicas[0];
-    signal(&victim.0, "KILL");
-    assert_eq!(wait_exit(&mut victim.0).await.code(), None);
+    kill_mid_drain(victim, &rig.client, ROWS).await;
     assert!(
         victim_log.contains("daemon started"),
         "the killed replica was running"
     );
-    let sent_at_kill = count(&rig.client, "sent").await;
-    assert!(
-        sent_at_kill < ROWS,
-        "the backlog was drained before the kill"
-    );
 
-    let mut received = Vec::new();
-    receive_all(
-        &mut rig.consumer,
-        &expected,
-        &mut received,
-        Duration::from_secs(40),
-    )
-    .await;
-    rig.finish(&mut received).await;
+    let received = rig.receive_all(&expected, Duration::from_secs(40)).await;
     assert_within_window(
         account(&received, &expected),
         1,

@@ -13,14 +13,11 @@ use std::time::{Duration, Instant};
 use common::TestDb;
 use common::private_pg::PrivatePg;
 use common::private_rabbit::{DurableQueue, PrivateRabbit};
-use common::process::{LogTail, Running, free_port};
-use common::rig::{
-    Rig, all_sent, assert_within_window, by_id, drain_settings, overriding, spawn_followed,
-    terminate,
-};
+use common::process::{LogTail, Running, free_port, spawn_followed, terminate};
+use common::rig::{Rig, all_sent, assert_within_window, by_id, drain_settings, overriding};
 use common::schedule::{
-    Reminder, account, backlog, count, pending, receive_all, reminders_where, schedule,
-    sent_at_least, wait_for, wait_for_count, wait_until,
+    Reminder, account, backlog, count, pending, reminders_where, schedule, sent_at_least, wait_for,
+    wait_for_count, wait_until,
 };
 use uuid::Uuid;
 
@@ -103,15 +100,7 @@ async fn postgres_stopped_and_restarted_while_reminders_are_pending_loses_nothin
         count(&rig.client, "NOT sent").await > 0,
         "the drain was over before the crash"
     );
-    let mut received = Vec::new();
-    receive_all(
-        &mut rig.consumer,
-        &expected,
-        &mut received,
-        Duration::from_secs(40),
-    )
-    .await;
-    rig.finish(&mut received).await;
+    let received = rig.receive_all(&expected, Duration::from_secs(40)).await;
     assert_within_window(
         account(&received, &expected),
         1,

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use notification_scheduler::daemon::RunningDaemon;
 
-use super::process::{LogTail, Running, signal, spawn_daemon_at, wait_exit};
+use super::process::{LogTail, Running, spawn_followed};
 use super::proxy::FaultProxy;
-use super::schedule::{Reminder, Tally, count, start_daemon_at, wait_for};
+use super::schedule::{Reminder, Tally, count, receive_all, start_daemon_at, wait_for};
 use super::{Received, TestBroker, TestConsumer, TestDb, WAIT};
 
 /// Batches of this size, at most this many in flight: the duplicate window of
@@ -104,30 +104,6 @@ pub async fn take_until_quiet(consumer: &mut TestConsumer, received: &mut Vec<Re
     }
 }
 
-/// A daemon process with its log followed: the reminders' settings for the
-/// database at `database_url` and `broker`, health on `port`.
-pub fn spawn_followed(
-    database_url: &str,
-    broker: &TestBroker,
-    port: u16,
-    settings: &[&str],
-) -> (Running, LogTail) {
-    let mut daemon = Running(spawn_daemon_at(database_url, broker, port, settings));
-    let log = LogTail::follow(&mut daemon.0);
-    (daemon, log)
-}
-
-/// SIGTERM, then a clean exit (code 0) within [`WAIT`]; the log if not.
-pub async fn terminate(daemon: &mut Running, log: &LogTail) {
-    signal(&daemon.0, "TERM");
-    assert_eq!(
-        wait_exit(&mut daemon.0).await.code(),
-        Some(0),
-        "{}",
-        log.text()
-    );
-}
-
 /// A database, an exchange with a consumer bound to it, a connection to the
 /// database, and optionally a [`FaultProxy`] in front of either server for
 /// the daemons the test starts.
@@ -217,6 +193,19 @@ impl Rig {
             port,
             settings,
         )
+    }
+
+    /// Every message until each of `expected` has arrived (within `limit`),
+    /// then [`Rig::finish`]: duplicates included.
+    pub async fn receive_all(
+        &mut self,
+        expected: &HashMap<String, Reminder>,
+        limit: Duration,
+    ) -> Vec<Received> {
+        let mut received = Vec::new();
+        receive_all(&mut self.consumer, expected, &mut received, limit).await;
+        self.finish(&mut received).await;
+        received
     }
 
     /// Waits until every row is recorded as sent, then takes whatever still

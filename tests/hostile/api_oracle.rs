@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::fmt::Debug;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use uuid::Uuid;
 
 /// What the documented rules say about a request.
@@ -175,18 +175,21 @@ pub(super) fn typed_minutes(value: Option<&Value>) -> Result<Option<Vec<i64>>, (
 
 pub(super) const GAME_FIELDS: [&str; 3] = ["title", "scheduled_at", "reminder_minutes"];
 
+/// The body's fields, if it is an object of documented fields only.
+fn game_fields(body: &Value) -> Option<&Map<String, Value>> {
+    let fields = body.as_object()?;
+    fields
+        .keys()
+        .all(|key| GAME_FIELDS.contains(&key.as_str()))
+        .then_some(fields)
+}
+
 /// POST /games: an object of exactly the documented fields (400 otherwise),
 /// then the value rules (422).
 pub(super) fn judge_create(body: &Value, now: DateTime<Utc>) -> Verdict {
-    let Some(fields) = body.as_object() else {
+    let Some(fields) = game_fields(body) else {
         return Verdict::Invalid(400);
     };
-    if fields
-        .keys()
-        .any(|key| !GAME_FIELDS.contains(&key.as_str()))
-    {
-        return Verdict::Invalid(400);
-    }
     let (Some(Value::String(title)), Some(Value::String(start))) =
         (fields.get("title"), fields.get("scheduled_at"))
     else {
@@ -205,15 +208,9 @@ pub(super) fn judge_create(body: &Value, now: DateTime<Utc>) -> Verdict {
 /// PATCH /games/{id}: any of the documented fields; `title` and
 /// `scheduled_at` must not be null; at least one field.
 pub(super) fn judge_update(body: &Value, now: DateTime<Utc>) -> Verdict {
-    let Some(fields) = body.as_object() else {
+    let Some(fields) = game_fields(body) else {
         return Verdict::Invalid(400);
     };
-    if fields
-        .keys()
-        .any(|key| !GAME_FIELDS.contains(&key.as_str()))
-    {
-        return Verdict::Invalid(400);
-    }
     let text = |name: &str| match fields.get(name) {
         None => Ok(None),
         Some(Value::Null) => Ok(Some(None)),

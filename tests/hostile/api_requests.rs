@@ -21,20 +21,26 @@ use super::api_oracle::{
     DAY, Rfc3339, Verdict, cursor_micros_range, judge_create, judge_cursor, judge_filter_time,
     judge_limit, judge_update, rfc3339, worst,
 };
-use super::api_strategies::{Body, TimeSpec, body, create_fields, text, time_spec, update_fields};
+use super::api_strategies::{
+    Body, Rendered, TimeSpec, body, create_fields, text, time_spec, update_fields,
+};
+
+impl Rendered {
+    /// The rendered body, with its content type if any, sent as `method` to `path`.
+    fn request(&self, h: &Harness, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let request = h.api.request(method, path).body(self.bytes.clone());
+        match self.content_type {
+            Some(content_type) => request.header(CONTENT_TYPE, content_type),
+            None => request,
+        }
+    }
+}
 
 async fn check_create(h: &Harness, body: Body) -> Result<(), TestCaseError> {
     let requested_at = Utc::now();
     let rendered = body.render(requested_at, judge_create);
     let before = counts(&h.client).await;
-    let mut request = h
-        .api
-        .request(Method::POST, "/games")
-        .body(rendered.bytes.clone());
-    if let Some(content_type) = rendered.content_type {
-        request = request.header(CONTENT_TYPE, content_type);
-    }
-    let answer = send(request).await;
+    let answer = send(rendered.request(h, Method::POST, "/games")).await;
     let answered_at = Utc::now();
     let after = counts(&h.client).await;
     check_answer(&answer, rendered.verdict, 201, rendered.also_400)?;
@@ -78,14 +84,7 @@ async fn check_update(h: &Harness, id: Uuid, body: Body) -> Result<(), TestCaseE
     let before = counts(&h.client).await;
     let game_before = stored_game(&h.client, id).await;
     let snapshot_before = snapshot(&h.client, id).await;
-    let mut request = h
-        .api
-        .request(Method::PATCH, &format!("/games/{id}"))
-        .body(rendered.bytes.clone());
-    if let Some(content_type) = rendered.content_type {
-        request = request.header(CONTENT_TYPE, content_type);
-    }
-    let answer = send(request).await;
+    let answer = send(rendered.request(h, Method::PATCH, &format!("/games/{id}"))).await;
     let answered_at = Utc::now();
     let after = counts(&h.client).await;
     check_answer(&answer, rendered.verdict, 200, rendered.also_400)?;

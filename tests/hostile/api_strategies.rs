@@ -277,22 +277,27 @@ fn wrong_type() -> impl Strategy<Value = Value> {
 fn create_field<T: Debug + Clone>(
     given: impl Strategy<Value = T>,
 ) -> impl Strategy<Value = Field<T>> {
-    prop_oneof![
-        1 => Just(Field::Absent),
-        1 => Just(Field::Null),
-        24 => given.prop_map(Field::Given),
-        1 => wrong_type().prop_map(Field::WrongType),
-    ]
+    field(given, 1, 24)
 }
 
 /// A field often absent, for updating.
 fn update_field<T: Debug + Clone>(
     given: impl Strategy<Value = T>,
 ) -> impl Strategy<Value = Field<T>> {
+    field(given, 5, 5)
+}
+
+/// A field absent, null, given or of the wrong type; the first and third
+/// with these weights, the others with weight 1.
+fn field<T: Debug + Clone>(
+    given: impl Strategy<Value = T>,
+    absent: u32,
+    present: u32,
+) -> impl Strategy<Value = Field<T>> {
     prop_oneof![
-        5 => Just(Field::Absent),
+        absent => Just(Field::Absent),
         1 => Just(Field::Null),
-        5 => given.prop_map(Field::Given),
+        present => given.prop_map(Field::Given),
         1 => wrong_type().prop_map(Field::WrongType),
     ]
 }
@@ -340,14 +345,7 @@ pub(super) fn create_fields() -> impl Strategy<Value = GameFields> {
         ],
         extra_field(),
     )
-        .prop_map(
-            |(title, scheduled_at, reminder_minutes, extra)| GameFields {
-                title,
-                scheduled_at,
-                reminder_minutes,
-                extra,
-            },
-        )
+        .prop_map(GameFields::from_parts)
 }
 
 pub(super) fn update_fields() -> impl Strategy<Value = GameFields> {
@@ -357,17 +355,27 @@ pub(super) fn update_fields() -> impl Strategy<Value = GameFields> {
         update_field(minutes_value()),
         extra_field(),
     )
-        .prop_map(
-            |(title, scheduled_at, reminder_minutes, extra)| GameFields {
-                title,
-                scheduled_at,
-                reminder_minutes,
-                extra,
-            },
-        )
+        .prop_map(GameFields::from_parts)
 }
 
+/// A strategy's value for each of [`GameFields`], in order.
+type GameFieldParts = (
+    Field<String>,
+    Field<TimeSpec>,
+    Field<Value>,
+    Option<(String, Value)>,
+);
+
 impl GameFields {
+    fn from_parts((title, scheduled_at, reminder_minutes, extra): GameFieldParts) -> Self {
+        Self {
+            title,
+            scheduled_at,
+            reminder_minutes,
+            extra,
+        }
+    }
+
     pub(super) fn render(&self, now: DateTime<Utc>) -> Value {
         fn put<T>(
             object: &mut Map<String, Value>,

@@ -399,6 +399,18 @@ fn a_setting_that_is_not_a_url_is_quoted_without_its_password() {
     }
 }
 
+/// The user name and the part after `@` (host, port, database) of a test
+/// database URL.
+fn user_and_host(url: &str) -> (&str, &str) {
+    let (user_part, host_part) = url.rsplit_once('@').expect("a user in the test URL");
+    let user = user_part
+        .split("://")
+        .nth(1)
+        .and_then(|userinfo| userinfo.split(':').next())
+        .unwrap_or("postgres");
+    (user, host_part)
+}
+
 /// A password containing `/` (common in generated passwords; URLs require it
 /// percent-encoded, operators often do not) must never be printed: not in a
 /// configuration error, not in the start-up log line that shows the URL.
@@ -406,12 +418,7 @@ fn a_setting_that_is_not_a_url_is_quoted_without_its_password() {
 async fn a_password_with_a_slash_is_never_printed() {
     let secrets = ["s3cr3t", "pw-xyz"];
     let db = TestDb::migrated().await;
-    let (user_part, host_part) = db.url.rsplit_once('@').expect("a user in the test URL");
-    let user = user_part
-        .split("://")
-        .nth(1)
-        .and_then(|userinfo| userinfo.split(':').next())
-        .unwrap_or("postgres");
+    let (user, host_part) = user_and_host(&db.url);
     let working = format!("postgresql://{user}:s3cr3t/pw-xyz@{host_part}");
     let finished = run_bounded(
         &["migrate"],
@@ -449,12 +456,7 @@ async fn a_password_with_a_slash_is_never_printed() {
 #[tokio::test]
 async fn a_password_in_the_query_string_is_never_printed() {
     let db = TestDb::migrated().await;
-    let (user_part, host_part) = db.url.rsplit_once('@').expect("a user in the test URL");
-    let user = user_part
-        .split("://")
-        .nth(1)
-        .and_then(|userinfo| userinfo.split(':').next())
-        .unwrap_or("postgres");
+    let (user, host_part) = user_and_host(&db.url);
     let working = format!("postgresql://{host_part}?user={user}&password={PASSWORD}");
     let finished = run_bounded(
         &["migrate"],
