@@ -292,8 +292,8 @@ async fn the_trigger_notifies_once_per_statement_with_the_earliest_affected_time
     );
 }
 
-#[tokio::test]
-async fn the_next_due_query_reads_the_partial_index() {
+/// The plan of `query` on a migrated database with sequential scans off.
+async fn plan_of(query: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> String {
     let db = TestDb::migrated().await;
     let client = db.client().await;
     client
@@ -301,16 +301,22 @@ async fn the_next_due_query_reads_the_partial_index() {
         .await
         .unwrap();
     let plan: Vec<String> = client
-        .query(
-            &format!("EXPLAIN {}", include_str!("../src/db/sql/next_due.sql")),
-            &[&Vec::<uuid::Uuid>::new()],
-        )
+        .query(&format!("EXPLAIN {query}"), params)
         .await
         .unwrap()
         .iter()
         .map(|row| row.get(0))
         .collect();
-    let plan = plan.join("\n");
+    plan.join("\n")
+}
+
+#[tokio::test]
+async fn the_next_due_query_reads_the_partial_index() {
+    let plan = plan_of(
+        include_str!("../src/db/sql/next_due.sql"),
+        &[&Vec::<uuid::Uuid>::new()],
+    )
+    .await;
     assert!(plan.contains("notification_schedule_due_idx"), "{plan}");
 }
 
@@ -404,23 +410,11 @@ async fn adopting_the_original_schema_keeps_every_instant_and_drops_its_row_trig
 
 #[tokio::test]
 async fn lookups_by_game_use_the_unique_index_which_leads_with_game_id() {
-    let db = TestDb::migrated().await;
-    let client = db.client().await;
-    client
-        .batch_execute("SET enable_seqscan = off")
-        .await
-        .unwrap();
-    let plan: Vec<String> = client
-        .query(
-            "EXPLAIN SELECT * FROM notification_schedule WHERE game_id = $1",
-            &[&uuid::Uuid::new_v4()],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-    let plan = plan.join("\n");
+    let plan = plan_of(
+        "SELECT * FROM notification_schedule WHERE game_id = $1",
+        &[&uuid::Uuid::new_v4()],
+    )
+    .await;
     assert!(
         plan.contains("notification_schedule_game_id_reminder_minutes_key"),
         "{plan}"
