@@ -1,11 +1,11 @@
 //! The games API against a real database: every endpoint, every validation
 //! rule, authentication.
 
-mod common;
+pub mod common;
 
 use common::TestDb;
 use common::api::{TOKEN, TestApi, in_seconds, json};
-use common::schedule::count;
+use common::schedule::{count, count_games};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -13,6 +13,20 @@ async fn create(api: &TestApi, body: Value) -> Value {
     let (status, body) = json(api.post_json("/games", &body).await).await;
     assert_eq!(status, 201, "{body}");
     body
+}
+
+/// A test database, the API on it, and one game two hours ahead with the
+/// default reminders; the game's path.
+async fn one_game() -> (TestDb, TestApi, Value, String) {
+    let db = TestDb::migrated().await;
+    let api = TestApi::start(&db, Some(TOKEN)).await;
+    let game = create(
+        &api,
+        json!({"title": "t", "scheduled_at": in_seconds(7200)}),
+    )
+    .await;
+    let path = format!("/games/{}", game["id"].as_str().unwrap());
+    (db, api, game, path)
 }
 
 fn reminders(game: &Value) -> Vec<(i64, String)> {
@@ -151,14 +165,7 @@ fn urlencode(text: &str) -> String {
 
 #[tokio::test]
 async fn an_unrelated_edit_leaves_the_schedule_alone() {
-    let db = TestDb::migrated().await;
-    let api = TestApi::start(&db, Some(TOKEN)).await;
-    let game = create(
-        &api,
-        json!({"title": "t", "scheduled_at": in_seconds(7200)}),
-    )
-    .await;
-    let path = format!("/games/{}", game["id"].as_str().unwrap());
+    let (_db, api, game, path) = one_game().await;
     let (status, edited) = json(api.patch_json(&path, &json!({"title": "renamed"})).await).await;
     assert_eq!(status, 200, "{edited}");
     assert_eq!(edited["title"], "renamed");
@@ -170,14 +177,7 @@ async fn an_unrelated_edit_leaves_the_schedule_alone() {
 
 #[tokio::test]
 async fn moving_a_game_replaces_its_reminders_and_resends_sent_ones() {
-    let db = TestDb::migrated().await;
-    let api = TestApi::start(&db, Some(TOKEN)).await;
-    let game = create(
-        &api,
-        json!({"title": "t", "scheduled_at": in_seconds(7200)}),
-    )
-    .await;
-    let path = format!("/games/{}", game["id"].as_str().unwrap());
+    let (db, api, game, path) = one_game().await;
     let client = db.client().await;
     client
         .execute(
@@ -210,14 +210,7 @@ async fn moving_a_game_replaces_its_reminders_and_resends_sent_ones() {
 
 #[tokio::test]
 async fn reminder_minutes_can_be_changed_and_reset_to_the_default() {
-    let db = TestDb::migrated().await;
-    let api = TestApi::start(&db, Some(TOKEN)).await;
-    let game = create(
-        &api,
-        json!({"title": "t", "scheduled_at": in_seconds(7200)}),
-    )
-    .await;
-    let path = format!("/games/{}", game["id"].as_str().unwrap());
+    let (_db, api, game, path) = one_game().await;
     let (_, changed) = json(
         api.patch_json(&path, &json!({"reminder_minutes": [30, 15]}))
             .await,
@@ -245,14 +238,7 @@ async fn reminder_minutes_can_be_changed_and_reset_to_the_default() {
 
 #[tokio::test]
 async fn deleting_a_game_removes_its_reminders() {
-    let db = TestDb::migrated().await;
-    let api = TestApi::start(&db, Some(TOKEN)).await;
-    let game = create(
-        &api,
-        json!({"title": "t", "scheduled_at": in_seconds(7200)}),
-    )
-    .await;
-    let path = format!("/games/{}", game["id"].as_str().unwrap());
+    let (db, api, _, path) = one_game().await;
     assert_eq!(api.delete(&path).await.status(), 204);
     assert_eq!(count(&db.client().await, "true").await, 0);
     assert_eq!(json(api.get(&path).await).await.0, 404);
@@ -421,12 +407,11 @@ async fn every_invalid_request_gets_one_clear_error_and_writes_nothing() {
     );
 
     let client = db.client().await;
-    let games: i64 = client
-        .query_one("SELECT count(*) FROM game_sessions", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(games, 0, "no rejected request wrote a game");
+    assert_eq!(
+        count_games(&client).await,
+        0,
+        "no rejected request wrote a game"
+    );
     assert_eq!(
         count(&client, "true").await,
         0,
@@ -436,14 +421,7 @@ async fn every_invalid_request_gets_one_clear_error_and_writes_nothing() {
 
 #[tokio::test]
 async fn invalid_updates_ids_and_parameters_are_rejected_without_changes() {
-    let db = TestDb::migrated().await;
-    let api = TestApi::start(&db, Some(TOKEN)).await;
-    let game = create(
-        &api,
-        json!({"title": "t", "scheduled_at": in_seconds(7200)}),
-    )
-    .await;
-    let path = format!("/games/{}", game["id"].as_str().unwrap());
+    let (_db, api, game, path) = one_game().await;
     let cases: Vec<(Value, u16, &str)> = vec![
         (json!({}), 422, "nothing_to_change"),
         (json!({"title": null}), 422, "null_value"),

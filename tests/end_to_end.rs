@@ -1,12 +1,12 @@
 //! The whole system as deployed: the `api` and `daemon` processes, a real
 //! database and a RabbitMQ consumer.
 
-mod common;
+pub mod common;
 
 use std::time::Duration;
 
 use common::process::{Running, free_port, spawn_api, spawn_daemon, wait_http_ok};
-use common::schedule::count;
+use common::schedule::{count, count_games};
 use common::{TestBroker, TestDb};
 use serde_json::{Value, json};
 
@@ -128,11 +128,10 @@ async fn scheduled_moved_and_deleted_games_fire_exactly_as_they_stand() {
     consumer.assert_quiet(Duration::from_secs(1)).await;
 
     let client = db.client().await;
-    let games: i64 = client
-        .query_one("SELECT count(*) FROM game_sessions", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(games, 2, "the rejected request wrote nothing");
+    assert_eq!(
+        count_games(&client).await,
+        2,
+        "the rejected request wrote nothing"
+    );
     assert_eq!(count(&client, "sent").await, 2);
 }

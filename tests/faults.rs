@@ -1,5 +1,6 @@
 //! Network faults and crashes against real PostgreSQL and RabbitMQ: a
-//! [`FaultProxy`] in front of either server, or `kill -9` of daemon processes.
+//! [`FaultProxy`](common::proxy::FaultProxy) in front of either server, or
+//! `kill -9` of daemon processes.
 //!
 //! Every test writes a known set of reminders, injects the fault, and then
 //! accounts for each one: delivered, never early, and repeated only within the
@@ -14,113 +15,43 @@
 //! with the query timeout, statement timeouts, AMQP heartbeats and confirm
 //! timeouts. That is the worst case of a half-open connection.
 
-mod common;
+pub mod common;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::process::{LogTail, Running, free_port, signal, spawn_daemon, wait_exit};
-use common::proxy::FaultProxy;
+use common::process::{LogTail, Running, free_port, signal, terminate, wait_exit};
+use common::rig::{QUICK_DETECTION, Rig, assert_within_window, by_id, drain_settings};
 use common::schedule::{
-    Reminder, Tally, account, backlog, count, pending, receive_all, reminders_where, schedule,
-    sent_at_least, start_daemon_at, wait_for, wait_for_count,
+    Reminder, account, backlog, count, pending, reminders_where, schedule, sent_at_least, wait_for,
+    wait_for_count, wait_until,
 };
-use common::{Received, TestBroker, TestConsumer, TestDb};
-
-/// Settings that make every failure detector fire within a few seconds: the
-/// LISTEN ping, statement and connect timeouts, AMQP heartbeat and confirm
-/// timeout, the claim timeout, restart backoff and shutdown grace.
-const QUICK_DETECTION: [&str; 18] = [
-    "--listener-ping-interval",
-    "500ms",
-    "--query-timeout",
-    "2s",
-    "--database-connect-timeout",
-    "1s",
-    "--rabbitmq-heartbeat",
-    "1s",
-    "--rabbitmq-connect-timeout",
-    "1s",
-    "--rabbitmq-confirm-timeout",
-    "2s",
-    "--claim-timeout",
-    "5s",
-    "--restart-backoff-max",
-    "500ms",
-    "--shutdown-grace",
-    "2s",
-];
-
-/// Batches of this size, at most this many in flight: the duplicate window of
-/// the drain tests is their product.
-const BATCH: usize = 100;
-const IN_FLIGHT: usize = 4;
-const WINDOW: usize = BATCH * IN_FLIGHT;
-
-fn with(base: &[&'static str], extra: &[&'static str]) -> Vec<&'static str> {
-    base.iter().chain(extra).copied().collect()
-}
-
-/// [`QUICK_DETECTION`] with batches of [`BATCH`], [`IN_FLIGHT`] in flight.
-fn drain_settings() -> Vec<&'static str> {
-    with(
-        &QUICK_DETECTION,
-        &["--batch-size", "100", "--max-in-flight-batches", "4"],
-    )
-}
 
 /// Rows of the drain tests: enough that a fault lands mid-drain.
 const DRAIN_BACKLOG: i64 = 20_000;
 
-/// Waits until every row is recorded as sent, then takes whatever still
-/// arrives (late repeats) until 500 ms pass quietly.
-async fn finish(
-    consumer: &mut TestConsumer,
-    client: &tokio_postgres::Client,
-    received: &mut Vec<Received>,
-) {
-    wait_for_count(client, "NOT sent", 0).await;
-    while let Some(message) = consumer.next_within(Duration::from_millis(500)).await {
-        received.push(message);
-    }
-}
-
-fn assert_within_window(tally: Tally, faults: usize, what: &str) {
-    assert!(
-        tally.duplicates <= faults * WINDOW,
-        "{what}: {} duplicates, more than {faults} × the window of {WINDOW}",
-        tally.duplicates
-    );
-    eprintln!(
-        "{what}: {} reminders, {} duplicates",
-        tally.distinct, tally.duplicates
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_black_holed_for_good_while_idle_is_detected_and_rows_written_meanwhile_are_delivered()
  {
-    let (db, broker) = (TestDb::migrated().await, TestBroker::new().await);
-    let mut consumer = broker.consumer().await;
-    let proxy = FaultProxy::start(common::postgres_address()).await;
-    let daemon = start_daemon_at(&proxy.url_for(&db.url), &broker, &QUICK_DETECTION).await;
-    let client = db.client().await;
+    let mut rig = Rig::new().await.with_postgres_proxy().await;
+    let daemon = rig.start_daemon(&QUICK_DETECTION).await;
     // One delivery first, so the pool holds connections that go dead too.
-    let warm = schedule(&client, 3_600_000, &[100]).await;
-    account(&consumer.take(1).await, &by_id(&warm));
+    let warm = schedule(&rig.client, 3_600_000, &[100]).await;
+    account(&rig.consumer.take(1).await, &by_id(&warm));
     // Recorded as sent too: a black hole before that commit would repeat it.
-    wait_for_count(&client, "NOT sent", 0).await;
+    wait_for_count(&rig.client, "NOT sent", 0).await;
 
     // Every open connection (LISTEN and pool) loses its flow for good; new
     // connections work. The rows below are written directly, so their
     // notifications go to a LISTEN connection that can no longer hear them.
+    let proxy = rig.postgres_proxy();
     let connections_before = proxy.accepted();
     proxy.blackhole_existing();
     let blackholed_at = Instant::now();
-    let reminders = schedule(&client, 3_600_000, &[-1, 500, 1_500, 3_000]).await;
-    let mut received = consumer.take(1).await;
+    let reminders = schedule(&rig.client, 3_600_000, &[-1, 500, 1_500, 3_000]).await;
+    let mut received = rig.consumer.take(1).await;
     let detected_in = blackholed_at.elapsed();
-    received.extend(consumer.take(3).await);
+    received.extend(rig.consumer.take(3).await);
     // Ping interval + query timeout to notice the LISTEN connection, then a
     // claim (query timeout) per dead pooled connection: well under 15 s.
     assert!(
@@ -128,20 +59,20 @@ async fn a_database_black_holed_for_good_while_idle_is_detected_and_rows_written
         "took {detected_in:?}"
     );
     assert!(
-        proxy.accepted() > connections_before,
+        rig.postgres_proxy().accepted() > connections_before,
         "the daemon reconnected"
     );
     // Delivery may resume through the pool before the LISTEN connection's
     // ping has noticed the black hole; readiness follows within its bound.
-    common::schedule::wait_until("the daemon is ready again", || {
+    wait_until("the daemon is ready again", || {
         daemon.readiness.report().ready()
     })
     .await;
 
     // The replacement LISTEN connection hears the next change.
-    let later = schedule(&client, 3_600_000, &[300]).await;
-    received.extend(consumer.take(1).await);
-    finish(&mut consumer, &client, &mut received).await;
+    let later = schedule(&rig.client, 3_600_000, &[300]).await;
+    received.extend(rig.consumer.take(1).await);
+    rig.finish(&mut received).await;
     let mut expected = by_id(&reminders);
     expected.extend(by_id(&later));
     assert_eq!(account(&received, &expected).duplicates, 0);
@@ -151,20 +82,17 @@ async fn a_database_black_holed_for_good_while_idle_is_detected_and_rows_written
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_black_hole_while_idle_is_noticed_and_rows_written_during_it_are_delivered_when_it_ends()
  {
-    let (db, broker) = (TestDb::migrated().await, TestBroker::new().await);
-    let mut consumer = broker.consumer().await;
-    let proxy = FaultProxy::start(common::postgres_address()).await;
-    let daemon = start_daemon_at(&proxy.url_for(&db.url), &broker, &QUICK_DETECTION).await;
-    let client = db.client().await;
-    let warm = schedule(&client, 3_600_000, &[100]).await;
-    account(&consumer.take(1).await, &by_id(&warm));
+    let mut rig = Rig::new().await.with_postgres_proxy().await;
+    let daemon = rig.start_daemon(&QUICK_DETECTION).await;
+    let warm = schedule(&rig.client, 3_600_000, &[100]).await;
+    account(&rig.consumer.take(1).await, &by_id(&warm));
     // Recorded as sent too: a black hole before that commit would repeat it.
-    wait_for_count(&client, "NOT sent", 0).await;
+    wait_for_count(&rig.client, "NOT sent", 0).await;
 
     // Everything through the proxy hangs, including new connection attempts
     // (their handshake is never answered), until the black hole ends.
-    proxy.blackhole(true);
-    let reminders = schedule(&client, 3_600_000, &[-1, 300, 800]).await;
+    rig.postgres_proxy().blackhole(true);
+    let reminders = schedule(&rig.client, 3_600_000, &[-1, 300, 800]).await;
     // The listener's ping notices within its interval plus the query timeout.
     wait_for(
         "the daemon to report the LISTEN connection down",
@@ -174,14 +102,14 @@ async fn a_database_black_hole_while_idle_is_noticed_and_rows_written_during_it_
     .await;
     // Nothing can be claimed meanwhile; let the outage last past several
     // reconnect attempts (connect timeout 1 s).
-    consumer.assert_quiet(Duration::from_secs(3)).await;
+    rig.consumer.assert_quiet(Duration::from_secs(3)).await;
     assert!(!daemon.readiness.report().ready());
-    proxy.blackhole(false);
+    rig.postgres_proxy().blackhole(false);
 
-    let mut received = consumer.take(3).await;
-    finish(&mut consumer, &client, &mut received).await;
+    let mut received = rig.consumer.take(3).await;
+    rig.finish(&mut received).await;
     assert_eq!(account(&received, &by_id(&reminders)).duplicates, 0);
-    common::schedule::wait_until("the daemon is ready again", || {
+    wait_until("the daemon is ready again", || {
         daemon.readiness.report().ready()
     })
     .await;
@@ -190,57 +118,46 @@ async fn a_database_black_hole_while_idle_is_noticed_and_rows_written_during_it_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cutting_every_database_connection_twice_during_a_backlog_drain_loses_nothing() {
-    let (db, broker) = (TestDb::migrated().await, TestBroker::new().await);
-    let mut consumer = broker.consumer().await;
-    let client = db.client().await;
-    let proxy = FaultProxy::start(common::postgres_address()).await;
-    let daemon = start_daemon_at(&proxy.url_for(&db.url), &broker, &drain_settings()).await;
+    let mut rig = Rig::new().await.with_postgres_proxy().await;
+    let daemon = rig.start_daemon(&drain_settings()).await;
     // Written while the daemon runs, so the faults below land mid-drain.
-    backlog(&client, DRAIN_BACKLOG).await;
-    let expected = reminders_where(&client, "true").await;
+    backlog(&rig.client, DRAIN_BACKLOG).await;
+    let expected = reminders_where(&rig.client, "true").await;
 
-    sent_at_least(&client, DRAIN_BACKLOG / 10).await;
-    proxy.cut();
-    let sent_at_first_cut = count(&client, "sent").await;
-    sent_at_least(&client, DRAIN_BACKLOG * 6 / 10).await;
-    proxy.cut();
-    let sent_at_second_cut = count(&client, "sent").await;
+    sent_at_least(&rig.client, DRAIN_BACKLOG / 10).await;
+    rig.postgres_proxy().cut();
+    let sent_at_first_cut = count(&rig.client, "sent").await;
+    sent_at_least(&rig.client, DRAIN_BACKLOG * 6 / 10).await;
+    rig.postgres_proxy().cut();
+    let sent_at_second_cut = count(&rig.client, "sent").await;
     eprintln!("cuts at {sent_at_first_cut} and {sent_at_second_cut} rows sent");
     assert!(
         sent_at_second_cut < DRAIN_BACKLOG,
         "the drain was over before the second cut"
     );
-    let mut received = Vec::new();
-    receive_all(
-        &mut consumer,
-        &expected,
-        &mut received,
-        Duration::from_secs(40),
-    )
-    .await;
-    finish(&mut consumer, &client, &mut received).await;
+    let received = rig.receive_all(&expected, Duration::from_secs(40)).await;
     assert_within_window(account(&received, &expected), 2, "two database cuts");
-    assert!(proxy.accepted() > 2, "the daemon reconnected");
+    assert!(
+        rig.postgres_proxy().accepted() > 2,
+        "the daemon reconnected"
+    );
     daemon.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_connection_black_holed_for_good_during_a_drain_is_replaced_and_nothing_is_lost() {
-    let (db, broker) = (TestDb::migrated().await, TestBroker::new().await);
-    let mut consumer = broker.consumer().await;
-    let client = db.client().await;
-    let proxy = FaultProxy::start(common::rabbitmq_address()).await;
-    let via_proxy = broker.via(proxy.url_for(&broker.url));
-    let daemon = start_daemon_at(&db.url, &via_proxy, &drain_settings()).await;
-    backlog(&client, DRAIN_BACKLOG).await;
-    let expected = reminders_where(&client, "true").await;
+    let mut rig = Rig::new().await.with_rabbitmq_proxy().await;
+    let daemon = rig.start_daemon(&drain_settings()).await;
+    backlog(&rig.client, DRAIN_BACKLOG).await;
+    let expected = reminders_where(&rig.client, "true").await;
 
-    sent_at_least(&client, DRAIN_BACKLOG / 10).await;
+    sent_at_least(&rig.client, DRAIN_BACKLOG / 10).await;
+    let proxy = rig.rabbitmq_proxy();
     let connections_before = proxy.accepted();
     proxy.blackhole_existing();
     let blackholed_at = Instant::now();
     assert!(
-        count(&client, "sent").await < DRAIN_BACKLOG,
+        count(&rig.client, "sent").await < DRAIN_BACKLOG,
         "the drain was over before the fault"
     );
     // Confirms stop; the confirm timeout (2 s) or missed heartbeats fail the
@@ -255,51 +172,30 @@ async fn a_broker_connection_black_holed_for_good_during_a_drain_is_replaced_and
         "reconnected {:?} after the black hole",
         blackholed_at.elapsed()
     );
-    let mut received = Vec::new();
-    receive_all(
-        &mut consumer,
-        &expected,
-        &mut received,
-        Duration::from_secs(40),
-    )
-    .await;
-    finish(&mut consumer, &client, &mut received).await;
+    let received = rig.receive_all(&expected, Duration::from_secs(40)).await;
     assert_within_window(account(&received, &expected), 1, "broker black hole");
     daemon.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_milliseconds_of_latency_to_both_servers_makes_nothing_early_and_loses_nothing() {
-    let (db, broker) = (TestDb::migrated().await, TestBroker::new().await);
-    let mut consumer = broker.consumer().await;
-    let client = db.client().await;
-    let pg_proxy = FaultProxy::start(common::postgres_address()).await;
-    let rabbit_proxy = FaultProxy::start(common::rabbitmq_address()).await;
+    let mut rig = Rig::new()
+        .await
+        .with_postgres_proxy()
+        .await
+        .with_rabbitmq_proxy()
+        .await;
     let latency = Duration::from_millis(50);
-    pg_proxy.set_latency(latency);
-    rabbit_proxy.set_latency(latency);
-    backlog(&client, 300).await;
-    let mut expected = pending(&client).await;
-    let via_proxy = broker.via(rabbit_proxy.url_for(&broker.url));
-    let daemon = start_daemon_at(
-        &pg_proxy.url_for(&db.url),
-        &via_proxy,
-        &["--listener-ping-interval", "1s"],
-    )
-    .await;
+    rig.postgres_proxy().set_latency(latency);
+    rig.rabbitmq_proxy().set_latency(latency);
+    backlog(&rig.client, 300).await;
+    let mut expected = pending(&rig.client).await;
+    let daemon = rig.start_daemon(&["--listener-ping-interval", "1s"]).await;
     let offsets: Vec<i64> = (0..20).map(|n| 1_500 + n * 100).collect();
-    let upcoming = schedule(&client, 3_600_000, &offsets).await;
+    let upcoming = schedule(&rig.client, 3_600_000, &offsets).await;
     expected.extend(by_id(&upcoming));
 
-    let mut received = Vec::new();
-    receive_all(
-        &mut consumer,
-        &expected,
-        &mut received,
-        Duration::from_secs(30),
-    )
-    .await;
-    finish(&mut consumer, &client, &mut received).await;
+    let received = rig.receive_all(&expected, Duration::from_secs(30)).await;
     let tally = account(&received, &expected);
     assert_eq!(tally.duplicates, 0, "no fault, no repeat");
     // Latency makes reminders later by a few round trips, never early, and
@@ -326,36 +222,17 @@ async fn fifty_milliseconds_of_latency_to_both_servers_makes_nothing_early_and_l
 async fn kill_9_mid_backlog_and_a_restart_deliver_everything_with_at_most_one_window_repeated() {
     const ROWS: i64 = CRASH_BACKLOG;
     const DEFAULT_WINDOW: usize = 500 * 4;
-    let (db, broker) = (TestDb::migrated().await, TestBroker::new().await);
-    let mut consumer = broker.consumer().await;
-    let client = db.client().await;
-    backlog(&client, ROWS).await;
-    let expected = pending(&client).await;
+    let mut rig = Rig::new().await;
+    backlog(&rig.client, ROWS).await;
+    let expected = pending(&rig.client).await;
     let port = free_port();
-    let mut first = Running(spawn_daemon(&db, &broker, port, &[]));
-    let first_log = LogTail::follow(&mut first.0);
+    let (mut first, first_log) = rig.spawn_daemon(port, &[]);
 
-    sent_at_least(&client, ROWS / 5).await;
-    signal(&first.0, "KILL");
-    let status = wait_exit(&mut first.0).await;
-    assert_eq!(status.code(), None, "killed by a signal");
-    let sent_at_kill = count(&client, "sent").await;
-    assert!(
-        sent_at_kill < ROWS,
-        "the backlog was drained before the kill"
-    );
+    sent_at_least(&rig.client, ROWS / 5).await;
+    let sent_at_kill = kill_mid_drain(&mut first, &rig.client, ROWS).await;
 
-    let mut second = Running(spawn_daemon(&db, &broker, port, &[]));
-    let second_log = LogTail::follow(&mut second.0);
-    let mut received = Vec::new();
-    receive_all(
-        &mut consumer,
-        &expected,
-        &mut received,
-        Duration::from_secs(50),
-    )
-    .await;
-    finish(&mut consumer, &client, &mut received).await;
+    let (mut second, second_log) = rig.spawn_daemon(port, &[]);
+    let received = rig.receive_all(&expected, Duration::from_secs(50)).await;
     let tally = account(&received, &expected);
     assert!(
         tally.duplicates <= DEFAULT_WINDOW,
@@ -372,6 +249,20 @@ async fn kill_9_mid_backlog_and_a_restart_deliver_everything_with_at_most_one_wi
     assert_eq!(wait_exit(&mut second.0).await.code(), Some(0));
 }
 
+/// Kills `daemon` (-9) and waits until it is gone; the rows recorded as sent
+/// by then, which must be fewer than the backlog's `rows`.
+async fn kill_mid_drain(daemon: &mut Running, client: &tokio_postgres::Client, rows: i64) -> i64 {
+    signal(&daemon.0, "KILL");
+    let status = wait_exit(&mut daemon.0).await;
+    assert_eq!(status.code(), None, "killed by a signal");
+    let sent_at_kill = count(client, "sent").await;
+    assert!(
+        sent_at_kill < rows,
+        "the backlog was drained before the kill"
+    );
+    sent_at_kill
+}
+
 /// The crash test's backlog. 100,000 rows take about 47 s with the debug
 /// build on this 2-core machine when the test runs alone (the daemon drains
 /// about 3,000 rows/s while the test's consumer acknowledges every message),
@@ -384,62 +275,29 @@ const CRASH_BACKLOG: i64 = 50_000;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_with_one_killed_midway_deliver_everything_within_the_window() {
     const ROWS: i64 = 20_000;
-    let (db, broker) = (TestDb::migrated().await, TestBroker::new().await);
-    let mut consumer = broker.consumer().await;
-    let client = db.client().await;
-    backlog(&client, ROWS).await;
-    let expected = pending(&client).await;
+    let mut rig = Rig::new().await;
+    backlog(&rig.client, ROWS).await;
+    let expected = pending(&rig.client).await;
     let settings = ["--batch-size", "100", "--max-in-flight-batches", "4"];
     let mut replicas: Vec<(Running, LogTail)> = (0..3)
-        .map(|_| {
-            let mut replica = Running(spawn_daemon(&db, &broker, free_port(), &settings));
-            let log = LogTail::follow(&mut replica.0);
-            (replica, log)
-        })
+        .map(|_| rig.spawn_daemon(free_port(), &settings))
         .collect();
 
-    sent_at_least(&client, ROWS / 4).await;
+    sent_at_least(&rig.client, ROWS / 4).await;
     let (victim, victim_log) = &mut replicas[0];
-    signal(&victim.0, "KILL");
-    assert_eq!(wait_exit(&mut victim.0).await.code(), None);
+    kill_mid_drain(victim, &rig.client, ROWS).await;
     assert!(
         victim_log.contains("daemon started"),
         "the killed replica was running"
     );
-    let sent_at_kill = count(&client, "sent").await;
-    assert!(
-        sent_at_kill < ROWS,
-        "the backlog was drained before the kill"
-    );
 
-    let mut received = Vec::new();
-    receive_all(
-        &mut consumer,
-        &expected,
-        &mut received,
-        Duration::from_secs(40),
-    )
-    .await;
-    finish(&mut consumer, &client, &mut received).await;
+    let received = rig.receive_all(&expected, Duration::from_secs(40)).await;
     assert_within_window(
         account(&received, &expected),
         1,
         "three replicas, one killed",
     );
     for (survivor, log) in &mut replicas[1..] {
-        signal(&survivor.0, "TERM");
-        assert_eq!(
-            wait_exit(&mut survivor.0).await.code(),
-            Some(0),
-            "{}",
-            log.text()
-        );
+        terminate(survivor, log).await;
     }
-}
-
-fn by_id(reminders: &[Reminder]) -> HashMap<String, Reminder> {
-    reminders
-        .iter()
-        .map(|reminder| (reminder.id.to_string(), reminder.clone()))
-        .collect()
 }

@@ -1,6 +1,6 @@
 //! The daemon as an operator runs it: a separate process, stopped by signals.
 
-mod common;
+pub mod common;
 
 use std::time::Duration;
 

@@ -5,73 +5,21 @@
 //! These tests start servers and drain backlogs, so nextest runs them one at a
 //! time (test group `private-servers` in .config/nextest.toml).
 
-mod common;
+pub mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use common::TestDb;
 use common::private_pg::PrivatePg;
-use common::private_rabbit::PrivateRabbit;
-use common::process::{LogTail, Running, free_port, signal, spawn_daemon, wait_exit};
+use common::private_rabbit::{DurableQueue, PrivateRabbit};
+use common::process::{LogTail, Running, free_port, spawn_followed, terminate};
+use common::rig::{Rig, all_sent, assert_within_window, by_id, drain_settings, overriding};
 use common::schedule::{
-    Reminder, Tally, account, backlog, count, pending, receive_all, reminders_where, schedule,
-    sent_at_least, start_daemon_at, wait_for, wait_for_count, wait_until,
+    Reminder, account, backlog, count, pending, reminders_where, schedule, sent_at_least, wait_for,
+    wait_for_count, wait_until,
 };
-use common::{Received, TestBroker, TestConsumer, TestDb};
 use uuid::Uuid;
-
-const BATCH: usize = 100;
-const IN_FLIGHT: usize = 4;
-/// The documented duplicate window of these daemons: the batches in flight.
-const WINDOW: usize = BATCH * IN_FLIGHT;
-
-/// Quick failure detection and reconnection, batches of [`BATCH`], at most
-/// [`IN_FLIGHT`] in flight.
-const SETTINGS: [&str; 16] = [
-    "--batch-size",
-    "100",
-    "--max-in-flight-batches",
-    "4",
-    "--listener-ping-interval",
-    "500ms",
-    "--query-timeout",
-    "2s",
-    "--database-connect-timeout",
-    "1s",
-    "--rabbitmq-heartbeat",
-    "1s",
-    "--rabbitmq-connect-timeout",
-    "2s",
-    "--restart-backoff-max",
-    "500ms",
-];
-
-fn report(tally: Tally, faults: usize, what: &str) {
-    assert!(
-        tally.duplicates <= faults * WINDOW,
-        "{what}: {} duplicates, more than {faults} × the window of {WINDOW}",
-        tally.duplicates
-    );
-    eprintln!(
-        "{what}: {} reminders, {} duplicates",
-        tally.distinct, tally.duplicates
-    );
-}
-
-fn by_id(reminders: &[Reminder]) -> HashMap<String, Reminder> {
-    reminders
-        .iter()
-        .map(|reminder| (reminder.id.to_string(), reminder.clone()))
-        .collect()
-}
-
-/// Waits (up to `limit`) until every row of the database is recorded as sent.
-async fn all_sent(client: &tokio_postgres::Client, limit: Duration) {
-    wait_for("every row to be sent", limit, || async {
-        count(client, "NOT sent").await == 0
-    })
-    .await;
-}
 
 /// Every row not in `earlier` (rows written while the daemon runs, which may
 /// be sent before they could be read as pending); adds them to `earlier`.
@@ -83,13 +31,6 @@ async fn written_since(
     rows.retain(|id, _| !earlier.contains(id));
     earlier.extend(rows.keys().cloned());
     rows
-}
-
-/// Takes everything until 500 ms pass quietly.
-async fn rest(consumer: &mut TestConsumer, received: &mut Vec<Received>) {
-    while let Some(message) = consumer.next_within(Duration::from_millis(500)).await {
-        received.push(message);
-    }
 }
 
 /// A client of the private cluster, retried while it is (re)starting.
@@ -114,28 +55,27 @@ async fn reconnect(pg: &PrivatePg) -> tokio_postgres::Client {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_stopped_and_restarted_while_reminders_are_pending_loses_nothing() {
     let pg = PrivatePg::start().await;
-    let broker = TestBroker::new().await;
-    let mut consumer = broker.consumer().await;
-    let daemon = start_daemon_at(&pg.url(), &broker, &SETTINGS).await;
-    let client = pg.client().await;
+    let mut rig = Rig::on_database(pg.url(), pg.client().await).await;
+    let daemon = rig.start_daemon(&drain_settings()).await;
 
     // Fast shutdown with reminders pending; two fall due while it is down.
-    let before = schedule(&client, 3_600_000, &[-1, 1_500, 2_500, 8_000]).await;
-    let mut received = consumer.take(1).await;
+    let before = schedule(&rig.client, 3_600_000, &[-1, 1_500, 2_500, 8_000]).await;
+    let mut received = rig.consumer.take(1).await;
     // Recorded as sent before the stop, or it would be repeated.
-    wait_for_count(&client, "NOT sent", 3).await;
+    wait_for_count(&rig.client, "NOT sent", 3).await;
     pg.stop("fast").await;
     wait_until("the daemon to notice the database is gone", || {
         !daemon.readiness.report().listener.ready
     })
     .await;
+    // Not synchronisation: the outage lasts until the reminders due at 1.5 s
+    // and 2.5 s have fallen due while the database is down.
     tokio::time::sleep(Duration::from_secs(3)).await;
     pg.start_again().await;
-    let client = reconnect(&pg).await;
-    let after = schedule(&client, 3_600_000, &[-1, 500, 1_000]).await;
-    received.extend(consumer.take(6).await);
-    all_sent(&client, Duration::from_secs(20)).await;
-    rest(&mut consumer, &mut received).await;
+    rig.client = reconnect(&pg).await;
+    let after = schedule(&rig.client, 3_600_000, &[-1, 500, 1_000]).await;
+    received.extend(rig.consumer.take(6).await);
+    rig.finish(&mut received).await;
     let mut expected = by_id(&before);
     expected.extend(by_id(&after));
     assert_eq!(
@@ -146,34 +86,28 @@ async fn postgres_stopped_and_restarted_while_reminders_are_pending_loses_nothin
 
     // Immediate shutdown (a crash) during a drain.
     let mut earlier: HashSet<String> = expected.into_keys().collect();
-    backlog(&client, 5_000).await;
-    let expected = written_since(&client, &mut earlier).await;
-    sent_at_least(&client, 7 + 500).await;
+    backlog(&rig.client, 5_000).await;
+    let expected = written_since(&rig.client, &mut earlier).await;
+    sent_at_least(&rig.client, 7 + 500).await;
     pg.stop("immediate").await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    wait_until("the daemon to notice the database crashed", || {
+        !daemon.readiness.report().change_feed.ready
+    })
+    .await;
     pg.start_again().await;
-    let client = reconnect(&pg).await;
+    rig.client = reconnect(&pg).await;
     assert!(
-        count(&client, "NOT sent").await > 0,
+        count(&rig.client, "NOT sent").await > 0,
         "the drain was over before the crash"
     );
-    let mut received = Vec::new();
-    receive_all(
-        &mut consumer,
-        &expected,
-        &mut received,
-        Duration::from_secs(40),
-    )
-    .await;
-    all_sent(&client, Duration::from_secs(20)).await;
-    rest(&mut consumer, &mut received).await;
-    report(
+    let received = rig.receive_all(&expected, Duration::from_secs(40)).await;
+    assert_within_window(
         account(&received, &expected),
         1,
         "PostgreSQL crash mid-drain",
     );
     daemon.shutdown().await;
-    drop(client);
+    drop(rig);
     drop(pg);
 }
 
@@ -211,19 +145,15 @@ async fn broker_outages(outage: Outage, backlogs: &[i64]) {
     let queue = rabbit.durable_queue(&exchange).await;
     let db = TestDb::migrated().await;
     let client = db.client().await;
-    let settings = [
-        &SETTINGS[..],
-        &["--rabbitmq-confirm-timeout", "3s", "--claim-timeout", "6s"][..],
-    ]
-    .concat();
+    let settings = overriding(
+        &drain_settings(),
+        &[
+            ("--rabbitmq-confirm-timeout", "3s"),
+            ("--claim-timeout", "6s"),
+        ],
+    );
     let port = free_port();
-    let mut daemon = Running(spawn_daemon(
-        &db,
-        &rabbit.broker(&exchange),
-        port,
-        &settings,
-    ));
-    let log = LogTail::follow(&mut daemon.0);
+    let (mut daemon, log) = spawn_followed(&db.url, &rabbit.broker(&exchange), port, &settings);
     wait_for(
         "the daemon to be ready",
         Duration::from_secs(20),
@@ -279,15 +209,31 @@ async fn broker_outages(outage: Outage, backlogs: &[i64]) {
             "{what} with {unsent} of {rows} rows unsent, {:?} into the test",
             started.elapsed()
         );
-        report(account(&received, &expected), 1, what);
+        assert_within_window(account(&received, &expected), 1, what);
     }
-    signal(&daemon.0, "TERM");
-    assert_eq!(
-        wait_exit(&mut daemon.0).await.code(),
-        Some(0),
-        "{}",
-        log.text()
-    );
+    terminate(&mut daemon, &log).await;
+}
+
+/// The rows recorded as sent once that count has settled: unchanged for
+/// 250 ms (read every 25 ms), within 10 s.
+async fn settled_sent(client: &tokio_postgres::Client) -> i64 {
+    const STEADY: Duration = Duration::from_millis(250);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut sent = count(client, "sent").await;
+    let mut since = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        let now = count(client, "sent").await;
+        if now != sent {
+            (sent, since) = (now, Instant::now());
+        } else if since.elapsed() >= STEADY {
+            return sent;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sent count never settled (last {sent})"
+        );
+    }
 }
 
 /// Whether /readyz reports the broker ready; `None` if it does not answer.
@@ -329,23 +275,15 @@ async fn a_broker_memory_alarm_pauses_delivery_until_it_clears_and_nothing_is_lo
     let drains: Vec<AlarmedDrain> = prepared
         .into_iter()
         .map(|(claim_timeout, exchange, queue, db, client, expected)| {
-            let settings = [
-                &SETTINGS[..],
+            let settings = overriding(
+                &drain_settings(),
                 &[
-                    "--rabbitmq-confirm-timeout",
-                    "2s",
-                    "--claim-timeout",
-                    claim_timeout,
-                ][..],
-            ]
-            .concat();
-            let mut daemon = Running(spawn_daemon(
-                &db,
-                &rabbit.broker(&exchange),
-                free_port(),
-                &settings,
-            ));
-            let log = LogTail::follow(&mut daemon.0);
+                    ("--rabbitmq-confirm-timeout", "2s"),
+                    ("--claim-timeout", claim_timeout),
+                ],
+            );
+            let (daemon, log) =
+                spawn_followed(&db.url, &rabbit.broker(&exchange), free_port(), &settings);
             AlarmedDrain {
                 claim_timeout,
                 queue,
@@ -372,14 +310,14 @@ async fn a_broker_memory_alarm_pauses_delivery_until_it_clears_and_nothing_is_lo
             .await;
     }
     // Batches confirmed before the alarm settle at once; then nothing moves.
-    tokio::time::sleep(Duration::from_millis(500)).await;
     for drain in &drains {
-        let sent = count(&drain.client, "sent").await;
+        let sent = settled_sent(&drain.client).await;
         assert!(sent < ROWS, "the drain was over before the alarm");
         sent_when_blocked.push(sent);
     }
-    // Blocked for this plus rabbitmqctl's time (~3 s): longer than the short
-    // claim timeout, far shorter than the long one.
+    // Not synchronisation: the alarm lasts this plus rabbitmqctl's time
+    // (~3 s), longer than the short claim timeout, far shorter than the long
+    // one, and nothing may be recorded as sent meanwhile.
     tokio::time::sleep(Duration::from_secs(3)).await;
     for (drain, sent) in drains.iter().zip(&sent_when_blocked) {
         assert_eq!(
@@ -414,22 +352,16 @@ async fn a_broker_memory_alarm_pauses_delivery_until_it_clears_and_nothing_is_lo
                 drain.log.text()
             );
         } else {
-            report(tally, 1, "blocked past the claim timeout");
+            assert_within_window(tally, 1, "blocked past the claim timeout");
         }
-        signal(&drain.daemon.0, "TERM");
-        assert_eq!(
-            wait_exit(&mut drain.daemon.0).await.code(),
-            Some(0),
-            "{}",
-            drain.log.text()
-        );
+        terminate(&mut drain.daemon, &drain.log).await;
     }
 }
 
 /// One daemon draining its own backlog to its own queue through an alarm.
 struct AlarmedDrain {
     claim_timeout: &'static str,
-    queue: String,
+    queue: DurableQueue,
     client: tokio_postgres::Client,
     expected: HashMap<String, Reminder>,
     daemon: Running,

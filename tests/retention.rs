@@ -1,7 +1,7 @@
 //! The retention sweep: old sent rows go, in batches, without waiting on rows
 //! someone holds; pending and recent rows stay.
 
-mod common;
+pub mod common;
 
 use common::schedule::{count, start_daemon, wait_for_count};
 use common::{TestBroker, TestDb};

@@ -1,6 +1,6 @@
 //! The schema, its migrations and its change trigger, against a real server.
 
-mod common;
+pub mod common;
 
 use common::{TestDb, WAIT};
 use futures_util::StreamExt;
@@ -46,18 +46,22 @@ async fn concurrent_runs_apply_each_migration_once() {
     assert_eq!(rows, 4);
 }
 
-#[tokio::test]
-async fn a_changed_applied_migration_is_refused() {
+/// A migrated database changed by `sql`, and the error with which running
+/// the migrations again refuses it.
+async fn rerun_after(sql: &str) -> (TestDb, tokio_postgres::Client, MigrateError) {
     let db = TestDb::migrated().await;
     let mut client = db.client().await;
-    client
-        .execute(
-            "UPDATE notification_scheduler_migrations SET checksum = 'edited' WHERE version = 2",
-            &[],
-        )
-        .await
-        .unwrap();
+    client.execute(sql, &[]).await.unwrap();
     let err = migrate::run(&mut client).await.expect_err("refused");
+    (db, client, err)
+}
+
+#[tokio::test]
+async fn a_changed_applied_migration_is_refused() {
+    let (_db, client, err) = rerun_after(
+        "UPDATE notification_scheduler_migrations SET checksum = 'edited' WHERE version = 2",
+    )
+    .await;
     assert!(
         matches!(err, MigrateError::Changed { version: 2, .. }),
         "{err}"
@@ -72,16 +76,10 @@ async fn a_changed_applied_migration_is_refused() {
 
 #[tokio::test]
 async fn a_migration_from_a_newer_build_is_refused_by_migrate_but_not_at_start() {
-    let db = TestDb::migrated().await;
-    let mut client = db.client().await;
-    client
-        .execute(
-            "INSERT INTO notification_scheduler_migrations (version, name, checksum) VALUES (99, '0099_future', 'x')",
-            &[],
-        )
-        .await
-        .unwrap();
-    let err = migrate::run(&mut client).await.expect_err("refused");
+    let (_db, client, err) = rerun_after(
+        "INSERT INTO notification_scheduler_migrations (version, name, checksum) VALUES (99, '0099_future', 'x')",
+    )
+    .await;
     assert!(err.to_string().contains("0099_future"), "{err}");
     assert!(err.to_string().contains("newer version"), "{err}");
     // An old replica restarting during a rolling upgrade still starts.
@@ -178,6 +176,16 @@ impl Listener {
         }
     }
 
+    /// Runs `sql` with `writer`; the notifications it caused.
+    async fn after(
+        &mut self,
+        writer: &tokio_postgres::Client,
+        sql: &str,
+    ) -> Vec<serde_json::Value> {
+        writer.execute(sql, &[]).await.unwrap();
+        self.until_marker(writer).await
+    }
+
     async fn until_marker(&mut self, writer: &tokio_postgres::Client) -> Vec<serde_json::Value> {
         writer
             .batch_execute("NOTIFY notification_schedule_changed, 'marker'")
@@ -195,6 +203,23 @@ impl Listener {
             seen.push(serde_json::from_str(&payload).expect("JSON payload"));
         }
     }
+}
+
+/// The `earliest_notification_time` of a change notification.
+fn earliest(hint: &serde_json::Value) -> chrono::DateTime<chrono::Utc> {
+    hint["earliest_notification_time"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// `minutes` before the start of the game the trigger test writes.
+fn before_start(minutes: i64) -> chrono::DateTime<chrono::Utc> {
+    "2030-01-01T12:00:00Z"
+        .parse::<chrono::DateTime<chrono::Utc>>()
+        .unwrap()
+        - chrono::Duration::minutes(minutes)
 }
 
 #[tokio::test]
@@ -224,75 +249,51 @@ async fn the_trigger_notifies_once_per_statement_with_the_earliest_affected_time
         "one notification for a 1000-row insert: {inserted:?}"
     );
     assert_eq!(inserted[0]["operation"], "INSERT");
-    let earliest: chrono::DateTime<chrono::Utc> = inserted[0]["earliest_notification_time"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert_eq!(
-        earliest,
-        "2030-01-01T12:00:00Z"
-            .parse::<chrono::DateTime<chrono::Utc>>()
-            .unwrap()
-            - chrono::Duration::minutes(1000)
-    );
+    assert_eq!(earliest(&inserted[0]), before_start(1000));
 
     // Marking rows sent is the daemon's bookkeeping: it cannot make any deadline earlier.
-    writer
-        .execute(
-            "UPDATE notification_schedule SET sent = true, sent_at = now() WHERE reminder_minutes > 900",
-            &[],
-        )
-        .await
-        .unwrap();
-    assert!(listener.until_marker(&writer).await.is_empty());
-
-    // Moving a pending row reports the earlier of its old and new time.
-    writer
-        .execute(
-            "UPDATE notification_schedule SET notification_time = notification_time + interval '1 day' \
-              WHERE reminder_minutes = 500",
-            &[],
-        )
-        .await
-        .unwrap();
-    let moved = listener.until_marker(&writer).await;
-    assert_eq!(moved.len(), 1, "{moved:?}");
-    assert_eq!(moved[0]["operation"], "UPDATE");
-    let earliest: chrono::DateTime<chrono::Utc> = moved[0]["earliest_notification_time"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert_eq!(
-        earliest,
-        "2030-01-01T12:00:00Z"
-            .parse::<chrono::DateTime<chrono::Utc>>()
-            .unwrap()
-            - chrono::Duration::minutes(500)
+    assert!(
+        listener
+            .after(
+                &writer,
+                "UPDATE notification_schedule SET sent = true, sent_at = now() WHERE reminder_minutes > 900",
+            )
+            .await
+            .is_empty()
     );
 
-    writer
-        .execute(
-            "DELETE FROM notification_schedule WHERE reminder_minutes < 100",
-            &[],
+    // Moving a pending row reports the earlier of its old and new time.
+    let moved = listener
+        .after(
+            &writer,
+            "UPDATE notification_schedule SET notification_time = notification_time + interval '1 day' \
+              WHERE reminder_minutes = 500",
         )
-        .await
-        .unwrap();
-    let deleted = listener.until_marker(&writer).await;
+        .await;
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    assert_eq!(moved[0]["operation"], "UPDATE");
+    assert_eq!(earliest(&moved[0]), before_start(500));
+
+    let deleted = listener
+        .after(
+            &writer,
+            "DELETE FROM notification_schedule WHERE reminder_minutes < 100",
+        )
+        .await;
     assert_eq!(deleted.len(), 1, "{deleted:?}");
     assert_eq!(deleted[0]["operation"], "DELETE");
 
     // Deleting only rows already sent changes nothing pending.
-    writer
-        .execute("DELETE FROM notification_schedule WHERE sent", &[])
-        .await
-        .unwrap();
-    assert!(listener.until_marker(&writer).await.is_empty());
+    assert!(
+        listener
+            .after(&writer, "DELETE FROM notification_schedule WHERE sent")
+            .await
+            .is_empty()
+    );
 }
 
-#[tokio::test]
-async fn the_next_due_query_reads_the_partial_index() {
+/// The plan of `query` on a migrated database with sequential scans off.
+async fn plan_of(query: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> String {
     let db = TestDb::migrated().await;
     let client = db.client().await;
     client
@@ -300,16 +301,22 @@ async fn the_next_due_query_reads_the_partial_index() {
         .await
         .unwrap();
     let plan: Vec<String> = client
-        .query(
-            &format!("EXPLAIN {}", include_str!("../src/db/sql/next_due.sql")),
-            &[&Vec::<uuid::Uuid>::new()],
-        )
+        .query(&format!("EXPLAIN {query}"), params)
         .await
         .unwrap()
         .iter()
         .map(|row| row.get(0))
         .collect();
-    let plan = plan.join("\n");
+    plan.join("\n")
+}
+
+#[tokio::test]
+async fn the_next_due_query_reads_the_partial_index() {
+    let plan = plan_of(
+        include_str!("../src/db/sql/next_due.sql"),
+        &[&Vec::<uuid::Uuid>::new()],
+    )
+    .await;
     assert!(plan.contains("notification_schedule_due_idx"), "{plan}");
 }
 
@@ -403,23 +410,11 @@ async fn adopting_the_original_schema_keeps_every_instant_and_drops_its_row_trig
 
 #[tokio::test]
 async fn lookups_by_game_use_the_unique_index_which_leads_with_game_id() {
-    let db = TestDb::migrated().await;
-    let client = db.client().await;
-    client
-        .batch_execute("SET enable_seqscan = off")
-        .await
-        .unwrap();
-    let plan: Vec<String> = client
-        .query(
-            "EXPLAIN SELECT * FROM notification_schedule WHERE game_id = $1",
-            &[&uuid::Uuid::new_v4()],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-    let plan = plan.join("\n");
+    let plan = plan_of(
+        "SELECT * FROM notification_schedule WHERE game_id = $1",
+        &[&uuid::Uuid::new_v4()],
+    )
+    .await;
     assert!(
         plan.contains("notification_schedule_game_id_reminder_minutes_key"),
         "{plan}"

@@ -19,7 +19,7 @@
 //! printed (`--nocapture`) and written to `target/soak/soak.json`, the
 //! daemon's log to `target/soak/daemon.log`.
 
-mod common;
+pub mod common;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

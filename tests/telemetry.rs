@@ -1,11 +1,12 @@
 //! OpenTelemetry export as a collector sees it: the binary's API and daemon
 //! export to an OTLP/HTTP endpoint in this test process.
 
-mod common;
+pub mod common;
 
 use common::otlp::{OtlpReceiver, ReceivedSpan, attribute, hex};
 use common::process::{
-    LogTail, Running, api_command, daemon_command, free_port, signal, wait_exit, wait_http_ok,
+    LogTail, Running, api_command, daemon_command, exits_cleanly, free_port, signal, wait_exit,
+    wait_http_ok,
 };
 use common::{TestBroker, TestDb, WAIT};
 use opentelemetry_proto::tonic::metrics::v1::metric::Data;
@@ -113,18 +114,8 @@ async fn a_delivered_reminder_is_traced_from_request_to_message_and_measured() {
     // SIGTERM flushes: everything must have arrived once both have exited.
     signal(&api.0, "TERM");
     signal(&daemon.0, "TERM");
-    assert_eq!(
-        wait_exit(&mut api.0).await.code(),
-        Some(0),
-        "{}",
-        api_log.text()
-    );
-    assert_eq!(
-        wait_exit(&mut daemon.0).await.code(),
-        Some(0),
-        "{}",
-        daemon_log.text()
-    );
+    exits_cleanly(&mut api, &api_log).await;
+    exits_cleanly(&mut daemon, &daemon_log).await;
 
     let spans = receiver.spans();
     let request = named(&spans, "POST /games");

@@ -5,8 +5,10 @@
 //! The servers default to the local ones; `TEST_DATABASE_URL` (any database on
 //! the server) and `TEST_RABBITMQ_URL` point elsewhere. An unreachable server
 //! fails the test with a message saying so; nothing is skipped silently.
-
-#![allow(dead_code)] // each test binary uses a different part of this module
+//!
+//! Every test binary includes this module as `pub mod common;`: it is the
+//! binary's public support interface, so the parts one binary does not use are
+//! not dead code there (helpers no binary uses are removed instead).
 
 pub mod api;
 pub mod otlp;
@@ -14,18 +16,15 @@ pub mod private_pg;
 pub mod private_rabbit;
 pub mod process;
 pub mod proxy;
+pub mod rig;
 pub mod schedule;
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, ExchangeDeclareOptions, ExchangeDeleteOptions,
-    QueueBindOptions, QueueDeclareOptions,
-};
-use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties, ExchangeKind};
-use notification_scheduler::config::DatabaseUrl;
+use lapin::options::ExchangeDeleteOptions;
+use lapin::{Connection, ConnectionProperties};
+use notification_scheduler::broker::consumer::{self, QueueKind, ReminderConsumer};
+use notification_scheduler::config::{BrokerUrl, DatabaseUrl};
 use tokio_postgres::NoTls;
 use uuid::Uuid;
 
@@ -148,11 +147,13 @@ impl Drop for TestDb {
     }
 }
 
+/// The routing key of reminder messages (the daemon's default).
+pub const ROUTING_KEY: &str = "game.reminder_due";
+
 /// A uniquely named topic exchange for one test, deleted afterwards.
 pub struct TestBroker {
     pub url: String,
     pub exchange: String,
-    pub routing_key: String,
     connection: Option<Connection>,
 }
 
@@ -163,7 +164,6 @@ impl TestBroker {
         TestBroker {
             url,
             exchange: self.exchange.clone(),
-            routing_key: self.routing_key.clone(),
             connection: None,
         }
     }
@@ -176,69 +176,28 @@ impl TestBroker {
         Self {
             url,
             exchange: format!("test.{}", Uuid::new_v4().simple()),
-            routing_key: "game.reminder_due".to_owned(),
             connection: Some(connection),
         }
     }
 
     /// A queue bound to the exchange (declared here if the daemon has not yet
-    /// done so), deleted when the consumer is dropped.
+    /// done so) by the project's own consumer, deleted when the consumer is
+    /// dropped.
     pub async fn consumer(&self) -> TestConsumer {
-        let channel = self
-            .connection
-            .as_ref()
-            .expect("the original broker handle")
-            .create_channel()
-            .await
-            .expect("channel");
-        channel
-            .exchange_declare(
-                self.exchange.as_str().into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..ExchangeDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("declare the test exchange");
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("declare the test queue");
-        channel
-            .queue_bind(
-                queue.name().clone(),
-                self.exchange.as_str().into(),
-                self.routing_key.as_str().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("bind the test queue");
-        let consumer = channel
-            .basic_consume(
-                queue.name().clone(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("consume the test queue");
         TestConsumer {
-            _channel: channel,
-            consumer,
+            consumer: bind(&self.url, &self.exchange, QueueKind::Temporary).await,
         }
     }
+}
+
+/// A [`ReminderConsumer`] on `exchange` at `url` for the reminders' routing
+/// key: the exchange, the queue and its binding declared as the bot does.
+pub async fn bind(url: &str, exchange: &str, queue: QueueKind) -> ReminderConsumer {
+    let broker_url: BrokerUrl = url.parse().expect("a valid broker URL");
+    // Messages are taken without acknowledgements, so the prefetch is moot.
+    ReminderConsumer::bind(&broker_url, exchange, ROUTING_KEY, queue, 1_000)
+        .await
+        .unwrap_or_else(|err| panic!("bind a queue to exchange {exchange}: {err}"))
 }
 
 impl Drop for TestBroker {
@@ -276,28 +235,12 @@ pub struct Received {
     pub received_at: chrono::DateTime<chrono::Utc>,
 }
 
-pub struct TestConsumer {
-    _channel: lapin::Channel,
-    consumer: lapin::Consumer,
-}
-
-impl TestConsumer {
-    /// The next message, or `None` if none arrives within `timeout`.
-    pub async fn next_within(&mut self, timeout: Duration) -> Option<Received> {
-        let delivery = tokio::time::timeout(timeout, self.consumer.next())
-            .await
-            .ok()??
-            .expect("delivery");
-        let received_at = chrono::Utc::now();
-        delivery.ack(BasicAckOptions::default()).await.expect("ack");
-        let properties = &delivery.properties;
-        Some(Received {
-            message_id: properties
-                .message_id()
-                .as_ref()
-                .map(ToString::to_string)
-                .unwrap_or_default(),
-            body: serde_json::from_slice(&delivery.data).expect("JSON body"),
+impl From<consumer::Received> for Received {
+    fn from(message: consumer::Received) -> Self {
+        let properties = &message.properties;
+        Self {
+            message_id: message.message_id.unwrap_or_default(),
+            body: serde_json::from_slice(&message.body).expect("JSON body"),
             expiration: properties.expiration().as_ref().map(ToString::to_string),
             traceparent: properties
                 .headers()
@@ -305,8 +248,23 @@ impl TestConsumer {
                 .and_then(|headers| headers.inner().get("traceparent"))
                 .and_then(|value| value.as_long_string())
                 .map(ToString::to_string),
-            received_at,
-        })
+            received_at: message.received_at,
+        }
+    }
+}
+
+pub struct TestConsumer {
+    consumer: ReminderConsumer,
+}
+
+impl TestConsumer {
+    /// The next message, or `None` if none arrives within `timeout`.
+    pub async fn next_within(&mut self, timeout: Duration) -> Option<Received> {
+        let message = tokio::time::timeout(timeout, self.consumer.next())
+            .await
+            .ok()??
+            .expect("delivery");
+        Some(message.into())
     }
 
     /// Exactly `count` messages, failing the test if they do not all arrive

@@ -17,19 +17,21 @@ use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-};
-use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Connection, ConnectionProperties};
+use notification_scheduler::broker::consumer::{QueueKind, ReminderConsumer};
 use uuid::Uuid;
 
 use super::process::free_port;
-use super::{Received, TestBroker};
+use super::{Received, TestBroker, bind};
 
 /// Longest time a node may take to start or stop.
 const NODE_WAIT: Duration = Duration::from_secs(60);
+
+/// A durable queue on the node, bound to an exchange for the reminders.
+pub struct DurableQueue {
+    pub exchange: String,
+    pub name: String,
+}
 
 pub struct PrivateRabbit {
     pub node: String,
@@ -91,7 +93,6 @@ impl PrivateRabbit {
         TestBroker {
             url: self.url(),
             exchange: exchange.to_owned(),
-            routing_key: "game.reminder_due".to_owned(),
             connection: None,
         }
     }
@@ -185,89 +186,31 @@ impl PrivateRabbit {
 
     /// Declares `exchange` (a durable topic, as the daemon does) and a durable
     /// queue bound to it for the reminders' routing key, so that published
-    /// messages wait there across restarts of the node.
-    pub async fn durable_queue(&self, exchange: &str) -> String {
-        let queue = format!("reminders.{}", Uuid::new_v4().simple());
-        let connection = self.connect().await;
-        let channel = connection.create_channel().await.expect("channel");
-        channel
-            .exchange_declare(
-                exchange.into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..ExchangeDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("declare the exchange");
-        channel
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("declare the durable queue");
-        channel
-            .queue_bind(
-                queue.as_str().into(),
-                exchange.into(),
-                "game.reminder_due".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("bind the durable queue");
-        let _ = connection.close(200, "declared".into()).await;
+    /// messages wait there across restarts of the node. Call it before any
+    /// daemon publishes: the consumer that declares them takes what arrives
+    /// until it is dropped here.
+    pub async fn durable_queue(&self, exchange: &str) -> DurableQueue {
+        let queue = DurableQueue {
+            exchange: exchange.to_owned(),
+            name: format!("reminders.{}", Uuid::new_v4().simple()),
+        };
+        drop(self.bind(&queue).await);
         queue
     }
 
     /// Takes every message waiting in `queue`, until none arrives for `quiet`.
-    pub async fn drain_queue(&self, queue: &str, quiet: Duration) -> Vec<Received> {
-        let connection = self.connect().await;
-        let channel = connection.create_channel().await.expect("channel");
-        let mut consumer = channel
-            .basic_consume(
-                queue.into(),
-                "".into(),
-                // Acknowledged on delivery: draining is all this consumer does.
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("consume the durable queue");
+    pub async fn drain_queue(&self, queue: &DurableQueue, quiet: Duration) -> Vec<Received> {
+        let mut consumer = self.bind(queue).await;
         let mut received = Vec::new();
-        while let Ok(Some(delivery)) = tokio::time::timeout(quiet, consumer.next()).await {
-            let delivery = delivery.expect("delivery");
-            let properties = &delivery.properties;
-            received.push(Received {
-                message_id: properties
-                    .message_id()
-                    .as_ref()
-                    .map(ToString::to_string)
-                    .unwrap_or_default(),
-                body: serde_json::from_slice(&delivery.data).expect("JSON body"),
-                expiration: properties.expiration().as_ref().map(ToString::to_string),
-                traceparent: None,
-                received_at: chrono::Utc::now(),
-            });
+        while let Ok(Some(message)) = tokio::time::timeout(quiet, consumer.next()).await {
+            received.push(message.expect("delivery").into());
         }
-        let _ = connection.close(200, "drained".into()).await;
         received
     }
 
-    async fn connect(&self) -> Connection {
-        Connection::connect(&self.url(), ConnectionProperties::default())
-            .await
-            .unwrap_or_else(|err| panic!("node {} is unreachable: {err}", self.node))
+    async fn bind(&self, queue: &DurableQueue) -> ReminderConsumer {
+        let kind = QueueKind::Durable(queue.name.clone());
+        bind(&self.url(), &queue.exchange, kind).await
     }
 
     /// What the node printed while starting, and the tail of its log.

@@ -96,6 +96,34 @@ pub async fn wait_exit(child: &mut Child) -> ExitStatus {
     }
 }
 
+/// Waits until the process exits with code 0; fails showing `log` if not.
+pub async fn exits_cleanly(daemon: &mut Running, log: &LogTail) {
+    assert_eq!(
+        wait_exit(&mut daemon.0).await.code(),
+        Some(0),
+        "{}",
+        log.text()
+    );
+}
+
+/// SIGTERM, then a clean exit (code 0) within [`WAIT`]; the log if not.
+pub async fn terminate(daemon: &mut Running, log: &LogTail) {
+    signal(&daemon.0, "TERM");
+    exits_cleanly(daemon, log).await;
+}
+
+/// A daemon process (see [`spawn_daemon_at`]) with its log followed.
+pub fn spawn_followed(
+    database_url: &str,
+    broker: &TestBroker,
+    health_port: u16,
+    extra: &[&str],
+) -> (Running, LogTail) {
+    let mut daemon = Running(spawn_daemon_at(database_url, broker, health_port, extra));
+    let log = LogTail::follow(&mut daemon.0);
+    (daemon, log)
+}
+
 /// Waits until `GET http://127.0.0.1:{port}{path}` answers 200.
 pub async fn wait_http_ok(port: u16, path: &str) {
     let deadline = tokio::time::Instant::now() + WAIT;

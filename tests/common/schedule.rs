@@ -87,6 +87,15 @@ pub async fn count(client: &tokio_postgres::Client, condition: &str) -> i64 {
         .get(0)
 }
 
+/// Counts games.
+pub async fn count_games(client: &tokio_postgres::Client) -> i64 {
+    client
+        .query_one("SELECT count(*) FROM game_sessions", &[])
+        .await
+        .expect("count games")
+        .get(0)
+}
+
 /// Waits until `count(condition)` equals `expected` (outcomes are committed
 /// just after the broker confirms, so a consumer may see a message first).
 pub async fn wait_for_count(client: &tokio_postgres::Client, condition: &str, expected: i64) {
@@ -96,11 +105,6 @@ pub async fn wait_for_count(client: &tokio_postgres::Client, condition: &str, ex
         || async { count(client, condition).await == expected },
     )
     .await;
-}
-
-/// Daemon settings for a test database and exchange, plus `extra` flags.
-pub fn daemon_args(db: &TestDb, broker: &TestBroker, extra: &[&str]) -> DaemonArgs {
-    daemon_args_at(&db.url, broker, extra)
 }
 
 /// Daemon settings for the database at `database_url` (a proxy, a private
