@@ -91,7 +91,7 @@ async fn postgres_stopped_and_restarted_while_reminders_are_pending_loses_nothin
     sent_at_least(&rig.client, 7 + 500).await;
     pg.stop("immediate").await;
     wait_until("the daemon to notice the database crashed", || {
-        !daemon.readiness.report().change_feed.ready
+        !daemon.readiness.report().listener.ready
     })
     .await;
     pg.start_again().await;

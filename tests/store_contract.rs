@@ -3,7 +3,7 @@
 //! LOCKED contention, stale skipping and expiry, next-due past in-flight rows,
 //! partial commits, drop means rollback.
 
-mod common;
+pub mod common;
 
 use std::time::Duration;
 
