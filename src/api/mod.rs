@@ -1,7 +1,8 @@
 //! The games API (`notification-scheduler api`): games and their reminder
 //! schedules over HTTP, served until SIGTERM or SIGINT.
 //!
-//! - [`server`]: the route table, shared state, OpenAPI document, readiness.
+//! - [`server`]: the route table, OpenAPI document, readiness.
+//! - `state`: what every handler shares (the pool, the defaults).
 //! - `routes`: the handlers of `/games` and `/schedule`.
 //! - `bodies`: request extraction and validation.
 //! - `auth`: the bearer token.
@@ -14,13 +15,15 @@ mod error;
 mod request_log;
 mod routes;
 pub mod server;
+mod state;
 
 use std::sync::Arc;
 
 pub use auth::BearerToken;
 pub use error::{ApiError, ErrorBody};
 use secrecy::ExposeSecret;
-pub use server::{ApiState, router};
+pub use server::router;
+pub use state::ApiState;
 
 use crate::config::ApiArgs;
 use crate::db::{self, migrate};

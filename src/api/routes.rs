@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::bodies::{JsonBody, PathId, QueryParams};
 use super::error::{ApiError, ErrorBody};
-use super::server::ApiState;
+use super::state::ApiState;
 use crate::games::{self, Game, GameChanges, GameFilter, NewGame, ReminderRow};
 
 /// Longest title, in characters.

@@ -1,10 +1,9 @@
-//! The games API's server (axum): the route table, shared state, the OpenAPI
-//! document, readiness.
+//! The games API's server (axum): the route table, the OpenAPI document,
+//! readiness.
 //!
 //! `/games` and `/schedule` need a bearer token; `/openapi.json`, `/healthz`
 //! and `/readyz` do not.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, State};
@@ -12,32 +11,13 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router, middleware};
-use deadpool_postgres::{Object, Pool};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::auth::{self, BearerToken};
 use super::error::ApiError;
+use super::state::ApiState;
 use super::{bodies, request_log, routes};
-use crate::config::DatabaseUrl;
-
-/// What every handler needs.
-#[derive(Clone)]
-pub struct ApiState {
-    pub pool: Pool,
-    pub database_url: DatabaseUrl,
-    /// Minutes for games that have none of their own.
-    pub default_minutes: Arc<[i32]>,
-}
-
-impl ApiState {
-    pub(super) async fn connection(&self) -> Result<Object, ApiError> {
-        self.pool
-            .get()
-            .await
-            .map_err(|err| ApiError::unavailable(&crate::db::pool_error(&self.database_url, err)))
-    }
-}
 
 /// The OpenAPI document, generated from the handlers and types.
 #[derive(OpenApi)]
