@@ -13,6 +13,7 @@
 //! - [`daemon`]: the delivery daemon: its wiring, health endpoints and maintenance.
 //! - [`api`]: the games API: server, routes, bodies, auth.
 //! - [`games`]: the games domain: games and their schedules.
+//! - [`kinds`]: the kinds of scheduled event (reminders, status transitions), each declared once.
 //!
 //! The benchmark is a workspace member of its own (`bench/`), outside this binary.
 
@@ -23,5 +24,6 @@ pub mod config;
 pub mod daemon;
 pub mod db;
 pub mod games;
+pub mod kinds;
 pub mod shutdown;
 pub mod telemetry;

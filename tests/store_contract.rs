@@ -10,8 +10,8 @@ use std::time::Duration;
 use actors::testing::contract::{ContractFixture, RowState, STALE_GRACE};
 use chrono::TimeDelta;
 use common::TestDb;
-use notification_scheduler::db;
 use notification_scheduler::db::schedule_store::{PgScheduleStore, StoreSettings};
+use notification_scheduler::{db, kinds};
 use uuid::Uuid;
 
 /// A migrated database of its own, a store on it, and a connection to
@@ -35,6 +35,7 @@ impl PgFixture {
                 stale_grace: STALE_GRACE,
                 query_timeout: timeout,
             },
+            kinds::delivered("game.reminder_due"),
         );
         Self {
             store,

@@ -26,8 +26,8 @@ const BATCH_SIZE_BUCKETS: [f64; 12] = [
     1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1_000.0, 2_500.0, 10_000.0,
 ];
 
-/// What became of a claimed reminder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What became of a claimed event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Outcome {
     /// Confirmed by the broker and recorded as sent.
     Sent,
@@ -51,7 +51,7 @@ impl Outcome {
 }
 
 struct Instruments {
-    reminders: Counter<u64>,
+    delivered: Counter<u64>,
     lateness: Histogram<f64>,
     batch_size: Histogram<u64>,
     reconnects: Counter<u64>,
@@ -68,25 +68,23 @@ fn instruments() -> &'static Instruments {
     INSTRUMENTS.get_or_init(|| {
         let meter = opentelemetry::global::meter(METER_NAME);
         Instruments {
-            reminders: meter
+            delivered: meter
                 .u64_counter("notification_scheduler.reminders")
                 .with_unit("{reminder}")
                 .with_description(
-                    "Claimed reminders by outcome: sent, skipped_stale, returned, failed",
+                    "Claimed events by kind and outcome: sent, skipped_stale, returned, failed",
                 )
                 .build(),
             lateness: meter
                 .f64_histogram("notification_scheduler.reminder.lateness")
                 .with_unit("ms")
-                .with_description(
-                    "Time from a reminder's notification_time to the broker's confirm",
-                )
+                .with_description("Time from an event's due time to the broker's confirm, by kind")
                 .with_boundaries(LATENESS_BUCKETS_MS.to_vec())
                 .build(),
             batch_size: meter
                 .u64_histogram("notification_scheduler.batch.size")
                 .with_unit("{reminder}")
-                .with_description("Reminders claimed per delivery batch")
+                .with_description("Events claimed per delivery batch")
                 .with_boundaries(BATCH_SIZE_BUCKETS.to_vec())
                 .build(),
             reconnects: meter
@@ -113,20 +111,26 @@ fn instruments() -> &'static Instruments {
     })
 }
 
-/// Counts `count` reminders that ended with `outcome`.
-pub fn reminders(outcome: Outcome, count: usize) {
+/// Counts `count` events of `kind` that ended with `outcome`. The instrument
+/// keeps the name it had when reminders were the only kind, so existing
+/// dashboards and alerts go on working; `kind` tells the kinds apart.
+pub fn events(kind: &'static str, outcome: Outcome, count: usize) {
     if count > 0 {
-        instruments()
-            .reminders
-            .add(count as u64, &[KeyValue::new("outcome", outcome.as_str())]);
+        instruments().delivered.add(
+            count as u64,
+            &[
+                KeyValue::new("kind", kind),
+                KeyValue::new("outcome", outcome.as_str()),
+            ],
+        );
     }
 }
 
-/// Records how late a reminder was confirmed.
-pub fn lateness(late: Duration) {
+/// Records how late an event of `kind` was confirmed.
+pub fn lateness(kind: &'static str, late: Duration) {
     instruments()
         .lateness
-        .record(late.as_secs_f64() * 1_000.0, &[]);
+        .record(late.as_secs_f64() * 1_000.0, &[KeyValue::new("kind", kind)]);
 }
 
 /// Records the size of a claimed batch.

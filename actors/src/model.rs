@@ -1,39 +1,52 @@
 //! Values exchanged between the actors and the ports.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-/// A reminder claimed for delivery, with what the database computed about it
-/// at claim time (with its own clock, so that no host's clock can make a
-/// reminder early).
+/// A scheduled event of any kind, claimed for delivery, with what the
+/// database computed about it at claim time (with its own clock, so that no
+/// host's clock can make an event early).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DueReminder {
+pub struct DueEvent {
+    /// Its kind's name (`reminder`, `status_transition`): an attribute of every
+    /// metric and span of its delivery.
+    pub kind: &'static str,
     /// The schedule row's id; also the message id consumers de-duplicate on.
     pub id: Uuid,
-    /// The game's id as text: a UUID, or a legacy string id in adopted databases.
-    pub game_id: String,
-    /// Minutes before the game start.
-    pub reminder_minutes: i32,
-    /// When the reminder was due.
-    pub notification_time: DateTime<Utc>,
-    /// The game has started and the reminder is past its grace period: it is
-    /// recorded as skipped instead of being published.
+    /// When the event was due.
+    pub due_at: DateTime<Utc>,
+    /// Its kind's expiry rule says it is too late to be useful: it is recorded
+    /// as skipped instead of being published.
     pub stale: bool,
-    /// How long the message stays useful (until the game starts). `None` for
-    /// rows without a game start, which never expire.
+    /// How long the message stays useful. `None` for events that never expire.
     pub expires_in: Option<Duration>,
-    /// Claim time minus `notification_time`.
+    /// Claim time minus `due_at`.
     pub lateness: Duration,
-    /// W3C trace context of the request that scheduled the reminder.
+    /// W3C trace context of the request that scheduled the event.
     pub traceparent: Option<String>,
+    /// What to publish, built by the store from the row.
+    pub message: Outbound,
 }
 
-/// The earliest pending reminder, as seen by the database.
+/// The message of a due event: where it goes and what it says. The actors
+/// pass it through; the broker adapter encodes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outbound {
+    /// Routing key on the configured exchange.
+    pub routing_key: Arc<str>,
+    /// The envelope's `event_type`.
+    pub event_type: &'static str,
+    /// The envelope's `data` object.
+    pub data: serde_json::Value,
+}
+
+/// The earliest pending event of any kind, as seen by the database.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NextDue {
-    /// Its notification time.
+    /// When it is due.
     pub at: DateTime<Utc>,
     /// Time left until `at` by the database clock; zero when already due.
     pub delay: Duration,
@@ -42,7 +55,7 @@ pub struct NextDue {
 /// What a change notification says. Always a hint: the table is the truth.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChangeHint {
-    /// A statement added, moved or removed pending reminders, the earliest of
+    /// A statement added, moved or removed pending events, the earliest of
     /// which (old or new time) is `earliest`.
     Changed { earliest: DateTime<Utc> },
     /// A payload this version does not understand (an older writer's trigger,

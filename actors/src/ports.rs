@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use crate::model::{ChangeHint, DueReminder, NextDue, PublishOutcome};
+use crate::model::{ChangeHint, DueEvent, NextDue, PublishOutcome};
 
 /// An adapter's own error, with its source chain.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -77,32 +77,33 @@ impl<E> EventSink<E> {
     }
 }
 
-/// The schedule table.
+/// The schedule: one table per kind of event.
 pub trait ScheduleStore: Clone + Send + Sync + 'static {
     /// Due rows held by this claimer until finished or dropped.
     type Claim: Claim;
 
-    /// Claims up to `limit` due reminders, oldest first, skipping rows another
-    /// claim holds. The claim lasts at most the configured claim timeout.
+    /// Claims up to `limit` due events of each kind, oldest first, skipping
+    /// rows another claim holds. The claim lasts at most the configured claim
+    /// timeout.
     fn claim_due(
         &self,
         limit: usize,
     ) -> impl Future<Output = Result<Self::Claim, PortError>> + Send;
 
-    /// The earliest pending reminder that is not among `in_flight`.
+    /// The earliest pending event of any kind that is not among `in_flight`.
     fn next_due(
         &self,
         in_flight: &[Uuid],
     ) -> impl Future<Output = Result<Option<NextDue>, PortError>> + Send;
 }
 
-/// Claimed reminders. Dropping a claim without [`Claim::commit`] releases its
+/// Claimed events. Dropping a claim without [`Claim::commit`] releases its
 /// rows unchanged (the transaction rolls back), so they are delivered again.
 pub trait Claim: Send + 'static {
-    /// The claimed reminders, oldest first.
-    fn reminders(&self) -> &[DueReminder];
+    /// The claimed events of every kind, oldest first.
+    fn events(&self) -> &[DueEvent];
 
-    /// Records every claimed reminder as published (or skipped, if stale)
+    /// Records every claimed event as published (or skipped, if stale)
     /// except `undelivered`, which stay pending, and releases the claim.
     fn commit(self, undelivered: Vec<Uuid>) -> impl Future<Output = Result<(), PortError>> + Send;
 }
@@ -125,10 +126,10 @@ pub type PendingConfirms = Pin<Box<dyn Future<Output = Vec<PublishOutcome>> + Se
 
 /// An open broker connection.
 pub trait BrokerSession: Send + Sync + 'static {
-    /// Queues the reminders for publishing, in order, and returns their
-    /// confirms. Never waits for the broker; if the session is unusable, every
-    /// outcome is [`PublishOutcome::Unknown`].
-    fn publish(&self, reminders: Vec<DueReminder>) -> PendingConfirms;
+    /// Queues the events' messages for publishing, in order, and returns
+    /// their confirms. Never waits for the broker; if the session is unusable,
+    /// every outcome is [`PublishOutcome::Unknown`].
+    fn publish(&self, events: Vec<DueEvent>) -> PendingConfirms;
 
     /// Closes the channel and the connection cleanly.
     fn close(&self) -> impl Future<Output = ()> + Send;

@@ -64,7 +64,7 @@ impl BenchEnv {
         Ok(ReminderConsumer::bind(
             &self.broker,
             &self.exchange,
-            ROUTING_KEY,
+            &[ROUTING_KEY],
             QueueKind::Durable(self.queue.clone()),
             u16::MAX,
         )

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use actors::model::DueReminder;
+use actors::model::{DueEvent, Outbound};
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use futures_util::future::join_all;
@@ -17,7 +17,8 @@ use uuid::Uuid;
 use super::harness::{BenchEnv, DaemonProcess, ROUTING_KEY, collect};
 use super::stats::{self, Accounting, Lateness};
 use notification_scheduler::broker::envelope;
-use notification_scheduler::db::schedule_store;
+use notification_scheduler::db::kind_sql;
+use notification_scheduler::kinds::{self, reminder};
 
 /// Result of a lateness run.
 #[derive(Debug, Clone, Serialize)]
@@ -152,16 +153,20 @@ pub async fn ceiling(env: &BenchEnv, count: u64, window: usize) -> anyhow::Resul
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
     let now = Utc::now();
-    let reminders: Vec<DueReminder> = (0..count)
-        .map(|_| DueReminder {
+    let reminders: Vec<DueEvent> = (0..count)
+        .map(|_| DueEvent {
+            kind: reminder::KIND.name,
             id: Uuid::new_v4(),
-            game_id: Uuid::new_v4().to_string(),
-            reminder_minutes: 60,
-            notification_time: now,
+            due_at: now,
             stale: false,
             expires_in: Some(Duration::from_secs(3_600)),
             lateness: Duration::ZERO,
             traceparent: None,
+            message: Outbound {
+                routing_key: ROUTING_KEY.into(),
+                event_type: reminder::KIND.event_type,
+                data: reminder::message_data(&Uuid::new_v4().to_string(), 60),
+            },
         })
         .collect();
     let expected: HashMap<Uuid, DateTime<Utc>> = reminders.iter().map(|r| (r.id, now)).collect();
@@ -313,8 +318,10 @@ async fn insert_overdue(env: &BenchEnv, count: u64) -> anyhow::Result<()> {
 async fn query_times(env: &BenchEnv) -> anyhow::Result<QueryTimes> {
     const RUNS: usize = 200;
     let client = &env.client;
-    let claim = client.prepare(schedule_store::CLAIM_DUE).await?;
-    let next_due = client.prepare(schedule_store::NEXT_DUE).await?;
+    let claim_sql = kind_sql::claim(&reminder::KIND);
+    let next_due_sql = kind_sql::next_due(kinds::ALL);
+    let claim = client.prepare(&claim_sql).await?;
+    let next_due = client.prepare(&next_due_sql).await?;
     let (limit, grace_ms) = (500i64, 60_000i64);
     let none: Vec<Uuid> = Vec::new();
     let mut claim_ms = Vec::with_capacity(RUNS);
@@ -332,10 +339,9 @@ async fn query_times(env: &BenchEnv) -> anyhow::Result<QueryTimes> {
     claim_ms.sort_by(f64::total_cmp);
     next_due_ms.sort_by(f64::total_cmp);
     client.batch_execute("BEGIN").await?;
-    let claim_explain_ms =
-        explain_ms(client, schedule_store::CLAIM_DUE, &[&limit, &grace_ms]).await?;
+    let claim_explain_ms = explain_ms(client, &claim_sql, &[&limit, &grace_ms]).await?;
     client.batch_execute("ROLLBACK").await?;
-    let next_due_explain_ms = explain_ms(client, schedule_store::NEXT_DUE, &[&none]).await?;
+    let next_due_explain_ms = explain_ms(client, &next_due_sql, &[&none]).await?;
     let counts = client
         .query_one(
             "SELECT count(*) FILTER (WHERE NOT sent), count(*) FILTER (WHERE sent) FROM notification_schedule",

@@ -1,5 +1,6 @@
-//! A consumer of reminder messages, as the bot would run it: a queue bound to
-//! the exchange with the reminder routing key. Used by `watch` and `bench`.
+//! A consumer of event messages, as the bot would run it: a queue bound to
+//! the exchange with the routing keys of the kinds it wants. Used by `watch`,
+//! the tests and the benchmark.
 
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
@@ -41,12 +42,13 @@ pub struct ReminderConsumer {
 
 impl ReminderConsumer {
     /// Connects, declares the exchange (durable topic, as the daemon does), the
-    /// queue and its binding, and starts consuming without acknowledgements
-    /// (`prefetch` bounds messages in flight to this consumer).
+    /// queue and its bindings (one per routing key), and starts consuming
+    /// without acknowledgements (`prefetch` bounds messages in flight to this
+    /// consumer).
     pub async fn bind(
         url: &BrokerUrl,
         exchange: &str,
-        routing_key: &str,
+        routing_keys: &[&str],
         queue: QueueKind,
         prefetch: u16,
     ) -> Result<Self, BrokerError> {
@@ -99,16 +101,18 @@ impl ReminderConsumer {
             .await
             .map_err(failed("declaring the queue"))?;
         let queue = declared.name().clone();
-        channel
-            .queue_bind(
-                queue.clone(),
-                ShortString::from(exchange),
-                ShortString::from(routing_key),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(failed("binding the queue"))?;
+        for routing_key in routing_keys {
+            channel
+                .queue_bind(
+                    queue.clone(),
+                    ShortString::from(exchange),
+                    ShortString::from(*routing_key),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(failed("binding the queue"))?;
+        }
         channel
             .basic_qos(prefetch, BasicQosOptions::default())
             .await

@@ -1,32 +1,25 @@
-//! The wire contract with consumers: the JSON body and AMQP properties of a
-//! reminder message. Pinned by a golden test; change only compatibly.
+//! The wire contract with consumers: the JSON body and AMQP properties of an
+//! event's message, the same envelope for every kind. Pinned by golden tests;
+//! change only compatibly.
 
-use actors::model::DueReminder;
+use actors::model::DueEvent;
 use chrono::{DateTime, SecondsFormat, Utc};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use serde::Serialize;
 
-/// `event_type` of reminder messages.
-pub const EVENT_TYPE: &str = "game.reminder_due";
-
-/// The message body, exactly the shape the original daemon sent.
+/// The message body, exactly the shape the original daemon sent for
+/// reminders.
 #[derive(Debug, Serialize)]
 pub struct Envelope<'a> {
     pub event_type: &'static str,
     /// Publication time, UTC, ISO 8601 with an explicit `+00:00` offset (what
     /// Python's `datetime.isoformat()` produces and every version parses).
     pub timestamp: String,
-    pub data: ReminderData<'a>,
-    /// Trace id of the request that scheduled the reminder, when known.
+    /// The event itself, as its kind builds it (`crate::kinds`).
+    pub data: &'a serde_json::Value,
+    /// Trace id of the request that scheduled the event, when known.
     pub trace_id: Option<&'a str>,
-}
-
-/// The reminder itself.
-#[derive(Debug, Serialize)]
-pub struct ReminderData<'a> {
-    pub game_id: &'a str,
-    pub reminder_minutes: i32,
 }
 
 /// The trace id (second field) of a W3C `traceparent`, if well formed.
@@ -35,25 +28,22 @@ pub fn trace_id(traceparent: &str) -> Option<&str> {
     actors::trace_context::from_traceparent(traceparent).map(|_| &traceparent[3..35])
 }
 
-/// Body and properties of the message for `reminder`, published at `now`.
-pub fn encode(reminder: &DueReminder, now: DateTime<Utc>) -> (Vec<u8>, BasicProperties) {
-    let traceparent = reminder.traceparent.as_deref();
+/// Body and properties of the message for `event`, published at `now`.
+pub fn encode(event: &DueEvent, now: DateTime<Utc>) -> (Vec<u8>, BasicProperties) {
+    let traceparent = event.traceparent.as_deref();
     let envelope = Envelope {
-        event_type: EVENT_TYPE,
+        event_type: event.message.event_type,
         timestamp: now.to_rfc3339_opts(SecondsFormat::Micros, false),
-        data: ReminderData {
-            game_id: &reminder.game_id,
-            reminder_minutes: reminder.reminder_minutes,
-        },
+        data: &event.message.data,
         trace_id: traceparent.and_then(trace_id),
     };
     let body = serde_json::to_vec(&envelope).expect("the envelope always serialises");
     let mut properties = BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type(ShortString::from("application/json"))
-        .with_message_id(ShortString::from(reminder.id.to_string()))
+        .with_message_id(ShortString::from(event.id.to_string()))
         .with_timestamp(u64::try_from(now.timestamp()).unwrap_or(0));
-    if let Some(expires_in) = reminder.expires_in {
+    if let Some(expires_in) = event.expires_in {
         properties =
             properties.with_expiration(ShortString::from(expires_in.as_millis().to_string()));
     }
@@ -74,18 +64,25 @@ pub fn encode(reminder: &DueReminder, now: DateTime<Utc>) -> (Vec<u8>, BasicProp
 mod tests {
     use std::time::Duration;
 
-    use super::*;
+    use actors::model::Outbound;
 
-    fn reminder() -> DueReminder {
-        DueReminder {
+    use super::*;
+    use crate::kinds::{reminder, status_transition};
+
+    fn reminder() -> DueEvent {
+        DueEvent {
+            kind: "reminder",
             id: "5f0c6d1e-8a4b-4c1d-9e2f-3a4b5c6d7e8f".parse().unwrap(),
-            game_id: "0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f9".to_owned(),
-            reminder_minutes: 15,
-            notification_time: "2026-11-29T18:45:00Z".parse().unwrap(),
+            due_at: "2026-11-29T18:45:00Z".parse().unwrap(),
             stale: false,
             expires_in: Some(Duration::from_millis(899_250)),
             lateness: Duration::from_millis(1),
             traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned()),
+            message: Outbound {
+                routing_key: "game.reminder_due".into(),
+                event_type: reminder::KIND.event_type,
+                data: reminder::message_data("0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f9", 15),
+            },
         }
     }
 
@@ -97,6 +94,32 @@ mod tests {
             String::from_utf8(body).unwrap(),
             r#"{"event_type":"game.reminder_due","timestamp":"2026-11-29T18:45:00.000750+00:00","data":{"game_id":"0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f9","reminder_minutes":15},"trace_id":"4bf92f3577b34da6a3ce929d0e0e4736"}"#
         );
+    }
+
+    #[test]
+    fn a_status_transition_has_the_same_envelope_and_never_expires() {
+        let now: DateTime<Utc> = "2026-11-29T19:00:00.000250Z".parse().unwrap();
+        let transition = DueEvent {
+            kind: status_transition::KIND.name,
+            expires_in: None,
+            traceparent: None,
+            message: Outbound {
+                routing_key: "game.status_transition_due".into(),
+                event_type: status_transition::KIND.event_type,
+                data: status_transition::message_data(
+                    "0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f9",
+                    "IN_PROGRESS",
+                    "2026-11-29T19:00:00Z".parse().unwrap(),
+                ),
+            },
+            ..reminder()
+        };
+        let (body, properties) = encode(&transition, now);
+        assert_eq!(
+            String::from_utf8(body).unwrap(),
+            r#"{"event_type":"game.status_transition_due","timestamp":"2026-11-29T19:00:00.000250+00:00","data":{"game_id":"0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f9","target_status":"IN_PROGRESS","transition_time":"2026-11-29T19:00:00.000000+00:00"},"trace_id":null}"#
+        );
+        assert_eq!(properties.expiration(), &None);
     }
 
     #[test]
@@ -131,10 +154,13 @@ mod tests {
 
     #[test]
     fn legacy_rows_have_no_expiry_trace_or_headers() {
-        let legacy = DueReminder {
+        let legacy = DueEvent {
             expires_in: None,
             traceparent: None,
-            game_id: "legacy-string-id".to_owned(),
+            message: Outbound {
+                data: reminder::message_data("legacy-string-id", 15),
+                ..reminder().message
+            },
             ..reminder()
         };
         let (body, properties) = encode(&legacy, Utc::now());

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use actors::model::{DueReminder, PublishOutcome};
+use actors::model::{DueEvent, PublishOutcome};
 use actors::ports::{
     BrokerConnector, BrokerEvent, BrokerSession, EventSink, PendingConfirms, PortError,
 };
@@ -24,12 +24,11 @@ use super::confirms::{self, PublishedBatch};
 use super::{BrokerError, envelope};
 use crate::config::BrokerUrl;
 
-/// Where and how reminders are published.
+/// Where events are published (each with its kind's routing key).
 #[derive(Debug, Clone)]
 pub struct PublisherSettings {
     pub url: BrokerUrl,
     pub exchange: String,
-    pub routing_key: String,
     pub heartbeat: Duration,
     pub connect_timeout: Duration,
     /// Shown in the broker's connection list.
@@ -117,7 +116,6 @@ impl BrokerConnector for LapinConnector {
         let writer = tokio::spawn(write_batches(
             channel.clone(),
             ShortString::from(settings.exchange.as_str()),
-            ShortString::from(settings.routing_key.as_str()),
             writer_receiver,
             confirm_sender,
         ));
@@ -140,7 +138,7 @@ fn timed_out() -> lapin::Error {
 
 /// A batch waiting to be written.
 struct WriteRequest {
-    reminders: Vec<DueReminder>,
+    events: Vec<DueEvent>,
     reply: oneshot::Sender<Vec<PublishOutcome>>,
 }
 
@@ -154,12 +152,12 @@ pub struct LapinSession {
 }
 
 impl BrokerSession for LapinSession {
-    fn publish(&self, reminders: Vec<DueReminder>) -> PendingConfirms {
-        let count = reminders.len();
+    fn publish(&self, events: Vec<DueEvent>) -> PendingConfirms {
+        let count = events.len();
         let (reply, outcomes) = oneshot::channel();
         let lost =
             move || vec![PublishOutcome::Unknown("the broker session ended".to_owned()); count];
-        if self.writer.send(WriteRequest { reminders, reply }).is_err() {
+        if self.writer.send(WriteRequest { events, reply }).is_err() {
             return Box::pin(std::future::ready(lost()));
         }
         Box::pin(async move { outcomes.await.unwrap_or_else(|_| lost()) })
@@ -194,7 +192,6 @@ impl Drop for LapinSession {
 async fn write_batches(
     channel: Channel,
     exchange: ShortString,
-    routing_key: ShortString,
     mut requests: mpsc::UnboundedReceiver<WriteRequest>,
     collector: mpsc::UnboundedSender<PublishedBatch>,
 ) {
@@ -205,30 +202,28 @@ async fn write_batches(
     while let Some(request) = requests.recv().await {
         let now = Utc::now();
         let (bodies, properties): (Vec<_>, Vec<_>) = request
-            .reminders
+            .events
             .iter()
-            .map(|reminder| envelope::encode(reminder, now))
+            .map(|event| envelope::encode(event, now))
             .unzip();
-        let publishes = bodies.iter().zip(properties).map(|(body, properties)| {
-            channel.basic_publish(
-                exchange.clone(),
-                routing_key.clone(),
-                options,
-                body,
-                properties,
-            )
-        });
+        let publishes = request.events.iter().zip(&bodies).zip(properties).map(
+            |((event, body), properties)| {
+                channel.basic_publish(
+                    exchange.clone(),
+                    ShortString::from(&*event.message.routing_key),
+                    options,
+                    body,
+                    properties,
+                )
+            },
+        );
         let confirms = join_all(publishes)
             .await
             .into_iter()
             .map(|published| published.map_err(|err| err.to_string()))
             .collect();
         let batch = PublishedBatch {
-            ids: request
-                .reminders
-                .iter()
-                .map(|reminder| reminder.id)
-                .collect(),
+            ids: request.events.iter().map(|event| event.id).collect(),
             confirms,
             reply: request.reply,
         };

@@ -1,25 +1,28 @@
-//! `notification-scheduler watch`: binds a temporary queue to the reminder
-//! exchange and prints each event as it is delivered, until Ctrl-C.
+//! `notification-scheduler watch`: binds a temporary queue to the exchange
+//! with the routing key of every kind and prints each event as it is
+//! delivered, until Ctrl-C.
 
 use crate::broker::consumer::{QueueKind, ReminderConsumer};
 use crate::config::WatchArgs;
-use crate::shutdown;
+use crate::{kinds, shutdown};
 
 /// Prints one line per delivered message: receive time, message id, lateness
 /// is left to the reader; the body is printed as sent.
 pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
+    let delivered = kinds::delivered(&args.rabbitmq_routing_key);
+    let routing_keys: Vec<&str> = delivered.iter().map(|d| &*d.routing_key).collect();
     let mut consumer = ReminderConsumer::bind(
         &args.rabbitmq_url,
         &args.rabbitmq_exchange,
-        &args.rabbitmq_routing_key,
+        &routing_keys,
         QueueKind::Temporary,
         100,
     )
     .await?;
     eprintln!(
-        "watching exchange '{}' (routing key '{}') on {}; Ctrl-C to stop",
+        "watching exchange '{}' (routing keys '{}') on {}; Ctrl-C to stop",
         args.rabbitmq_exchange,
-        args.rabbitmq_routing_key,
+        routing_keys.join("', '"),
         args.rabbitmq_url.masked()
     );
     let mut signal = shutdown::Signal::install()?;

@@ -97,7 +97,8 @@ pub struct BrokerArgs {
     #[arg(long, env = "RABBITMQ_EXCHANGE", default_value = "game_scheduler", value_parser = parse::amqp_name)]
     pub rabbitmq_exchange: String,
 
-    /// Routing key of reminder messages.
+    /// Routing key of reminder messages (status transitions are published
+    /// with game.status_transition_due).
     #[arg(long, env = "RABBITMQ_ROUTING_KEY", default_value = "game.reminder_due", value_parser = parse::amqp_name)]
     pub rabbitmq_routing_key: String,
 
@@ -312,7 +313,8 @@ pub struct WatchArgs {
     #[arg(long, env = "RABBITMQ_EXCHANGE", default_value = "game_scheduler", value_parser = parse::amqp_name)]
     pub rabbitmq_exchange: String,
 
-    /// Routing key (pattern) to bind the temporary queue with.
+    /// Routing key (pattern) of reminder messages to bind the temporary queue
+    /// with; it is bound with every other kind's routing key too.
     #[arg(long, env = "RABBITMQ_ROUTING_KEY", default_value = "game.reminder_due", value_parser = parse::amqp_name)]
     pub rabbitmq_routing_key: String,
 }

@@ -25,7 +25,7 @@ use crate::config::DaemonArgs;
 use crate::db::listen::{ListenSettings, PgListenConnector};
 use crate::db::schedule_store::{PgScheduleStore, StoreSettings};
 use crate::db::{self, migrate};
-use crate::shutdown;
+use crate::{kinds, shutdown};
 use maintenance::Maintenance;
 
 /// Runs the daemon until a shutdown signal; returns an error only for a
@@ -77,11 +77,10 @@ impl RunningDaemon {
         let (fatal_sender, fatal) = watch::channel(None);
         let instance = crate::telemetry::instance_id();
         let supervisor_args = SupervisorArgs {
-            store: store(args),
+            store: store(args, kinds::delivered(&args.broker.rabbitmq_routing_key)),
             broker: Arc::new(LapinConnector::new(PublisherSettings {
                 url: args.broker.rabbitmq_url.clone(),
                 exchange: args.broker.rabbitmq_exchange.clone(),
-                routing_key: args.broker.rabbitmq_routing_key.clone(),
                 heartbeat: args.broker.rabbitmq_heartbeat,
                 connect_timeout: args.broker.rabbitmq_connect_timeout,
                 connection_name: format!("notification-scheduler daemon {instance}"),
@@ -92,6 +91,7 @@ impl RunningDaemon {
                     connect_timeout: args.database.database_connect_timeout,
                     ping_timeout: args.query_timeout,
                 },
+                kinds::ALL.to_vec(),
             )),
             settings: supervisor_settings(args),
             readiness: readiness.clone(),
@@ -177,7 +177,7 @@ pub async fn prepare_schema(args: &DaemonArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn store(args: &DaemonArgs) -> PgScheduleStore {
+fn store(args: &DaemonArgs, kinds: Vec<kinds::Delivered>) -> PgScheduleStore {
     let in_flight = args.max_in_flight_batches;
     // One connection per batch awaiting confirms, one for the round's queries,
     // one spare for the next claim while a batch commits.
@@ -194,6 +194,7 @@ fn store(args: &DaemonArgs) -> PgScheduleStore {
             stale_grace: args.stale_grace,
             query_timeout: args.query_timeout,
         },
+        kinds,
     )
 }
 

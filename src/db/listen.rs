@@ -4,17 +4,18 @@
 
 use std::time::Duration;
 
+use std::fmt;
+
 use actors::model::{ChangeHint, truncate_for_log};
 use actors::ports::{EventSink, ListenConnector, ListenEvent, ListenSession, PortError};
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 use super::{Cause, DbError};
 use crate::config::DatabaseUrl;
-
-/// The channel the schedule trigger notifies.
-pub const CHANNEL: &str = "notification_schedule_changed";
+use crate::kinds::{self, Kind};
 
 /// Payloads longer than this are truncated in logs.
 const LOGGED_PAYLOAD_BYTES: usize = 256;
@@ -28,16 +29,22 @@ pub struct ListenSettings {
     pub ping_timeout: Duration,
 }
 
-/// Opens LISTEN connections on the configured database.
+/// Opens LISTEN connections on the configured database, subscribed to the
+/// channel of every kind.
 pub struct PgListenConnector {
     url: DatabaseUrl,
     settings: ListenSettings,
+    kinds: Vec<&'static Kind>,
 }
 
 impl PgListenConnector {
-    /// A connector for `url`.
-    pub fn new(url: DatabaseUrl, settings: ListenSettings) -> Self {
-        Self { url, settings }
+    /// A connector for `url`, listening for changes to `kinds`.
+    pub fn new(url: DatabaseUrl, settings: ListenSettings, kinds: Vec<&'static Kind>) -> Self {
+        Self {
+            url,
+            settings,
+            kinds,
+        }
     }
 }
 
@@ -69,7 +76,10 @@ impl ListenConnector for PgListenConnector {
             let reason = loop {
                 match messages.next().await {
                     Some(Ok(AsyncMessage::Notification(notification))) => {
-                        let hint = decode(notification.payload());
+                        let hint = match kinds::by_channel(notification.channel()) {
+                            Some(kind) => decode(kind, notification.payload()),
+                            None => unrecognised(notification.payload()),
+                        };
                         if !events.send(ListenEvent::Changed(hint)) {
                             return;
                         }
@@ -81,15 +91,25 @@ impl ListenConnector for PgListenConnector {
             };
             events.send(ListenEvent::Lost(reason));
         });
+        let channels: Vec<String> = self
+            .kinds
+            .iter()
+            .map(|kind| kind.channel.to_owned())
+            .collect();
+        let listen: String = channels
+            .iter()
+            .map(|channel| format!("LISTEN {channel};"))
+            .collect();
         let session = PgListenSession {
             client,
             driver,
             ping_timeout: self.settings.ping_timeout,
+            channels,
         };
         session
             .bounded(
                 "subscribing to schedule changes",
-                session.client.batch_execute(&format!("LISTEN {CHANNEL}")),
+                session.client.batch_execute(&listen),
             )
             .await?;
         Ok(session)
@@ -101,6 +121,8 @@ pub struct PgListenSession {
     client: Client,
     driver: tokio::task::JoinHandle<()>,
     ping_timeout: Duration,
+    /// Every channel it must stay subscribed to.
+    channels: Vec<String>,
 }
 
 impl PgListenSession {
@@ -118,23 +140,27 @@ impl PgListenSession {
 
 impl ListenSession for PgListenSession {
     async fn ping(&self) -> Result<(), PortError> {
-        let listening = self
+        let missing: Vec<String> = self
             .bounded(
                 "pinging the LISTEN connection",
-                self.client.query_opt(
-                    "SELECT 1 FROM pg_listening_channels() AS channel WHERE channel = $1",
-                    &[&CHANNEL],
+                self.client.query(
+                    "SELECT channel FROM unnest($1::text[]) AS channel \
+                      WHERE channel NOT IN (SELECT pg_listening_channels())",
+                    &[&self.channels],
                 ),
             )
-            .await?;
-        match listening {
-            Some(_) => Ok(()),
-            None => Err(DbError::Query {
-                context: "pinging the LISTEN connection",
-                cause: Cause::Other(format!("no longer subscribed to {CHANNEL}")),
-            }
-            .into()),
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
         }
+        Err(DbError::Query {
+            context: "pinging the LISTEN connection",
+            cause: Cause::Other(format!("no longer subscribed to {}", missing.join(", "))),
+        }
+        .into())
     }
 }
 
@@ -144,38 +170,103 @@ impl Drop for PgListenSession {
     }
 }
 
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Payload {
-    operation: String,
-    earliest_notification_time: DateTime<Utc>,
+/// Decodes a payload of `kind`'s trigger:
+/// `{"operation": "INSERT"|"UPDATE"|"DELETE", "earliest_<time column>": <time>}`
+/// and nothing else. Anything else becomes [`ChangeHint::Unrecognised`].
+pub fn decode(kind: &Kind, payload: &str) -> ChangeHint {
+    let expected = PayloadSeed {
+        earliest_field: format!("earliest_{}", kind.time_column),
+    };
+    let mut deserializer = serde_json::Deserializer::from_str(payload);
+    let decoded = expected
+        .deserialize(&mut deserializer)
+        .and_then(|earliest| deserializer.end().map(|()| earliest));
+    match decoded {
+        Ok(earliest) => ChangeHint::Changed { earliest },
+        Err(_) => unrecognised(payload),
+    }
 }
 
-/// Decodes a trigger payload. Anything else becomes [`ChangeHint::Unrecognised`].
-pub fn decode(payload: &str) -> ChangeHint {
-    let unrecognised = || ChangeHint::Unrecognised {
+/// A payload this version does not understand, truncated for the log.
+fn unrecognised(payload: &str) -> ChangeHint {
+    ChangeHint::Unrecognised {
         payload: truncate_for_log(payload, LOGGED_PAYLOAD_BYTES),
-    };
-    let Ok(decoded) = serde_json::from_str::<Payload>(payload) else {
-        return unrecognised();
-    };
-    // The trigger reports the kind of statement; the scheduler re-reads the
-    // table whatever it was, so only its validity matters here.
-    if !matches!(decoded.operation.as_str(), "INSERT" | "UPDATE" | "DELETE") {
-        return unrecognised();
     }
-    ChangeHint::Changed {
-        earliest: decoded.earliest_notification_time,
+}
+
+fn known_operation<E: de::Error>(operation: &str) -> Result<(), E> {
+    match operation {
+        "INSERT" | "UPDATE" | "DELETE" => Ok(()),
+        _ => Err(E::custom("unknown operation")),
+    }
+}
+
+/// Reads a trigger payload whose time field is named after the kind's time
+/// column, refusing unknown, missing and repeated fields. The trigger reports
+/// the kind of statement; the scheduler re-reads the table whatever it was,
+/// so only its validity matters.
+struct PayloadSeed {
+    earliest_field: String,
+}
+
+impl<'de> DeserializeSeed<'de> for PayloadSeed {
+    type Value = DateTime<Utc>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Self::Value, D::Error> {
+        // As a struct, so that the positional form (`["INSERT", <time>]`) that
+        // serde has always read into the payload's fields keeps working.
+        deserializer.deserialize_struct("Payload", &[], self)
+    }
+}
+
+impl<'de> Visitor<'de> for PayloadSeed {
+    type Value = DateTime<Utc>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "an object with operation and {}", self.earliest_field)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let operation: String = seq
+            .next_element()?
+            .ok_or_else(|| de::Error::custom("missing operation"))?;
+        known_operation(&operation)?;
+        seq.next_element()?
+            .ok_or_else(|| de::Error::custom("missing time"))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut operation_seen = false;
+        let mut earliest = None;
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "operation" && !operation_seen {
+                known_operation::<A::Error>(&map.next_value::<String>()?)?;
+                operation_seen = true;
+            } else if key == self.earliest_field && earliest.is_none() {
+                earliest = Some(map.next_value::<DateTime<Utc>>()?);
+            } else {
+                return Err(de::Error::custom("unknown or repeated field"));
+            }
+        }
+        match (operation_seen, earliest) {
+            (true, Some(earliest)) => Ok(earliest),
+            _ => Err(de::Error::custom("missing field")),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kinds::{reminder, status_transition};
 
     #[test]
     fn decodes_trigger_payloads_in_any_session_time_zone() {
         let hint = decode(
+            &reminder::KIND,
             r#"{"operation" : "INSERT", "earliest_notification_time" : "2026-11-29T05:47:02.342722+02:00"}"#,
         );
         let expected: DateTime<Utc> = "2026-11-29T03:47:02.342722Z".parse().unwrap();
@@ -193,14 +284,32 @@ mod tests {
             r#"{"operation": "INSERT", "game_id": "x", "notification_time": "2026-11-29T03:47:02"}"#,
         ] {
             assert!(
-                matches!(decode(payload), ChangeHint::Unrecognised { .. }),
+                matches!(
+                    decode(&reminder::KIND, payload),
+                    ChangeHint::Unrecognised { .. }
+                ),
                 "{payload}"
             );
         }
         let huge = "x".repeat(10_000);
-        let ChangeHint::Unrecognised { payload } = decode(&huge) else {
+        let ChangeHint::Unrecognised { payload } = decode(&reminder::KIND, &huge) else {
             panic!("huge payload decoded");
         };
         assert!(payload.len() < 400, "{}", payload.len());
+    }
+
+    #[test]
+    fn each_kind_reads_the_time_field_named_after_its_time_column() {
+        let transition =
+            r#"{"operation": "UPDATE", "earliest_transition_time": "2026-11-29T03:47:02Z"}"#;
+        let expected: DateTime<Utc> = "2026-11-29T03:47:02Z".parse().unwrap();
+        assert_eq!(
+            decode(&status_transition::KIND, transition),
+            ChangeHint::Changed { earliest: expected }
+        );
+        assert!(matches!(
+            decode(&reminder::KIND, transition),
+            ChangeHint::Unrecognised { .. }
+        ));
     }
 }

@@ -38,6 +38,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(2, "0002_notification_schedule"),
     migration!(3, "0003_notify_trigger"),
     migration!(4, "0004_trace_context"),
+    migration!(5, "0005_game_status_schedule"),
 ];
 
 /// Key of the advisory lock held while migrating ("notifsch" in ASCII).

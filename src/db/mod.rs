@@ -3,6 +3,7 @@
 //! Errors leaving this module name the server by host and port and say what
 //! went wrong in one line, instead of a raw driver error chain.
 
+pub mod kind_sql;
 pub mod listen;
 pub mod migrate;
 pub mod schedule_store;

@@ -1,24 +1,22 @@
-//! The daemon's side of `notification_schedule`: claim due rows, find the next
-//! deadline, record outcomes. Every time is read from the database clock.
+//! The daemon's side of the schedule tables, one per kind: claim due rows,
+//! find the next deadline, record outcomes. Every time is read from the
+//! database clock; the statements are written from each kind's declaration
+//! (`kind_sql`).
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use actors::model::{DueReminder, NextDue};
+use actors::model::{DueEvent, NextDue, Outbound};
 use actors::ports::{Claim, PortError, ScheduleStore};
 use deadpool_postgres::{Object, Pool};
+use futures_util::future::try_join_all;
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-use super::DbError;
+use super::{DbError, kind_sql};
 use crate::config::DatabaseUrl;
-
-/// Claims and marks the oldest due rows that no other claim holds, and
-/// computes with the database clock whether each is stale and how long it
-/// stays useful.
-pub const CLAIM_DUE: &str = include_str!("sql/claim_due.sql");
-/// The earliest pending row outside the caller's in-flight claims.
-pub const NEXT_DUE: &str = include_str!("sql/next_due.sql");
-/// Returns claimed rows the broker did not confirm to pending.
-const RELEASE_CLAIMED: &str = include_str!("sql/release_claimed.sql");
+use crate::kinds::{Delivered, Expiry};
 
 /// Settings of the store.
 #[derive(Debug, Clone)]
@@ -33,29 +31,54 @@ pub struct StoreSettings {
     pub query_timeout: Duration,
 }
 
-/// [`ScheduleStore`] on a PostgreSQL pool.
+/// One kind with its statements.
+struct KindQueries {
+    delivered: Delivered,
+    claim: String,
+    release: String,
+}
+
+/// [`ScheduleStore`] on a PostgreSQL pool, for every kind it is given.
 #[derive(Clone)]
 pub struct PgScheduleStore {
     pool: Pool,
     url: DatabaseUrl,
     settings: StoreSettings,
     begin_claim: String,
+    kinds: Arc<[KindQueries]>,
+    next_due: Arc<str>,
 }
 
 impl PgScheduleStore {
-    /// A store using connections of `pool`, which connects to `url`.
-    pub fn new(pool: Pool, url: DatabaseUrl, settings: StoreSettings) -> Self {
+    /// A store for `kinds`, using connections of `pool`, which connects to `url`.
+    pub fn new(
+        pool: Pool,
+        url: DatabaseUrl,
+        settings: StoreSettings,
+        kinds: Vec<Delivered>,
+    ) -> Self {
         let begin_claim = format!(
             "BEGIN; SET LOCAL idle_in_transaction_session_timeout = {idle}; \
              SET LOCAL statement_timeout = {statement}",
             idle = settings.claim_timeout.as_millis().max(1),
             statement = settings.query_timeout.as_millis().max(1),
         );
+        let next_due = kind_sql::next_due(kinds.iter().map(|delivered| delivered.kind)).into();
+        let kinds = kinds
+            .into_iter()
+            .map(|delivered| KindQueries {
+                claim: kind_sql::claim(delivered.kind),
+                release: kind_sql::release(delivered.kind),
+                delivered,
+            })
+            .collect();
         Self {
             pool,
             url,
             settings,
             begin_claim,
+            kinds,
+            next_due,
         }
     }
 
@@ -84,21 +107,32 @@ impl ScheduleStore for PgScheduleStore {
 
     async fn claim_due(&self, limit: usize) -> Result<PgClaim, PortError> {
         let client = self.session().await?;
-        let statement = self
+        let statements = self
             .bounded(
-                "preparing the claim query",
-                client.prepare_cached(CLAIM_DUE),
+                "preparing the claim queries",
+                try_join_all(
+                    self.kinds
+                        .iter()
+                        .map(|kind| client.prepare_cached(&kind.claim)),
+                ),
             )
             .await?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let grace_ms = i64::try_from(self.settings.stale_grace.as_millis()).unwrap_or(i64::MAX);
-        // BEGIN and the claim go out in one pipelined round trip.
+        // BEGIN and every kind's claim go out in one pipelined round trip.
+        let with_grace: [&(dyn ToSql + Sync); 2] = [&limit, &grace_ms];
         let claimed = self
-            .bounded("claiming due reminders", async {
-                let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&limit, &grace_ms];
+            .bounded("claiming due events", async {
+                let claims = self.kinds.iter().zip(&statements).map(|(kind, statement)| {
+                    let params = match kind.delivered.kind.expiry {
+                        Expiry::AtGameStart => &with_grace[..],
+                        Expiry::Never => &with_grace[..1],
+                    };
+                    client.query(statement, params)
+                });
                 let (begun, rows) = tokio::join!(
                     client.batch_execute(&self.begin_claim),
-                    client.query(&statement, &params)
+                    try_join_all(claims)
                 );
                 begun?;
                 rows
@@ -106,15 +140,18 @@ impl ScheduleStore for PgScheduleStore {
             .await;
         let mut claim = PgClaim {
             client: Some(client.into_inner()),
-            reminders: Vec::new(),
+            events: Vec::new(),
+            kinds: Arc::clone(&self.kinds),
             query_timeout: self.settings.query_timeout,
         };
-        let rows = claimed?;
-        claim.reminders = rows.iter().map(reminder_from_row).collect();
-        // UPDATE … RETURNING does not promise the subquery's order.
-        claim
-            .reminders
-            .sort_by_key(|reminder| reminder.notification_time);
+        for (kind, rows) in self.kinds.iter().zip(claimed?) {
+            claim
+                .events
+                .extend(rows.iter().map(|row| event_from_row(&kind.delivered, row)));
+        }
+        // Oldest first across kinds; UPDATE … RETURNING does not promise the
+        // subquery's order either.
+        claim.events.sort_by_key(|event| event.due_at);
         Ok(claim)
     }
 
@@ -123,12 +160,12 @@ impl ScheduleStore for PgScheduleStore {
         let statement = self
             .bounded(
                 "preparing the next-due query",
-                client.prepare_cached(NEXT_DUE),
+                client.prepare_cached(&self.next_due),
             )
             .await?;
         let row = self
             .bounded(
-                "reading the next due reminder",
+                "reading the next due event",
                 client.query_opt(&statement, &[&in_flight]),
             )
             .await?;
@@ -140,19 +177,24 @@ impl ScheduleStore for PgScheduleStore {
     }
 }
 
-/// Decodes a row of `claim_due.sql`'s RETURNING list, by position.
-fn reminder_from_row(row: &tokio_postgres::Row) -> DueReminder {
-    let expires_in_ms: Option<i64> = row.get(5);
-    let lateness_us: i64 = row.get(6);
-    DueReminder {
-        id: row.get(0),
-        game_id: row.get(1),
-        reminder_minutes: row.get(2),
-        notification_time: row.get(3),
-        stale: row.get(4),
+/// Decodes a row of a kind's claim (`kind_sql::claim`), by column name.
+fn event_from_row(delivered: &Delivered, row: &tokio_postgres::Row) -> DueEvent {
+    let kind = delivered.kind;
+    let expires_in_ms: Option<i64> = row.get("expires_in_ms");
+    let lateness_us: i64 = row.get("lateness_us");
+    DueEvent {
+        kind: kind.name,
+        id: row.get("id"),
+        due_at: row.get(kind.time_column),
+        stale: row.get("stale"),
         expires_in: expires_in_ms.map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
         lateness: Duration::from_micros(u64::try_from(lateness_us).unwrap_or(0)),
-        traceparent: row.get(7),
+        traceparent: row.get("traceparent"),
+        message: Outbound {
+            routing_key: Arc::clone(&delivered.routing_key),
+            event_type: kind.event_type,
+            data: (kind.data)(row),
+        },
     }
 }
 
@@ -160,34 +202,55 @@ fn reminder_from_row(row: &tokio_postgres::Row) -> DueReminder {
 pub struct PgClaim {
     /// `None` once finished.
     client: Option<Object>,
-    reminders: Vec<DueReminder>,
+    events: Vec<DueEvent>,
+    kinds: Arc<[KindQueries]>,
     query_timeout: Duration,
 }
 
 impl Claim for PgClaim {
-    fn reminders(&self) -> &[DueReminder] {
-        &self.reminders
+    fn events(&self) -> &[DueEvent] {
+        &self.events
     }
 
     async fn commit(mut self, undelivered: Vec<Uuid>) -> Result<(), PortError> {
         // Cancelled or failed half-way, the session closes the connection.
         let client = Session(self.client.take());
-        let nothing_delivered = undelivered.len() == self.reminders.len();
+        let nothing_delivered = undelivered.len() == self.events.len();
+        let mut by_kind: HashMap<&str, Vec<Uuid>> = HashMap::new();
+        for event in self.events.iter().filter(|e| undelivered.contains(&e.id)) {
+            by_kind.entry(event.kind).or_default().push(event.id);
+        }
+        let releases: Vec<(&KindQueries, Vec<Uuid>)> = self
+            .kinds
+            .iter()
+            .filter_map(|kind| {
+                by_kind
+                    .remove(kind.delivered.kind.name)
+                    .map(|ids| (kind, ids))
+            })
+            .collect();
         let committed = tokio::time::timeout(self.query_timeout, async {
             if nothing_delivered {
                 return client.batch_execute("ROLLBACK").await;
             }
-            if undelivered.is_empty() {
-                return client.batch_execute("COMMIT").await;
-            }
-            let statement = client.prepare_cached(RELEASE_CLAIMED).await?;
-            // The release and the commit go out in one pipelined round trip.
-            // If the release fails, the server answers COMMIT with a rollback.
-            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&undelivered];
-            let (released, committed) = tokio::join!(
-                client.execute(&statement, &params),
-                client.batch_execute("COMMIT")
-            );
+            let statements = try_join_all(
+                releases
+                    .iter()
+                    .map(|(kind, _)| client.prepare_cached(&kind.release)),
+            )
+            .await?;
+            // The releases and the commit go out in one pipelined round trip.
+            // If a release fails, the server answers COMMIT with a rollback.
+            let params: Vec<[&(dyn ToSql + Sync); 1]> = releases
+                .iter()
+                .map(|(_, ids)| [ids as &(dyn ToSql + Sync)])
+                .collect();
+            let released = statements
+                .iter()
+                .zip(&params)
+                .map(|(statement, params)| client.execute(statement, params));
+            let (released, committed) =
+                tokio::join!(try_join_all(released), client.batch_execute("COMMIT"));
             released?;
             committed
         })
@@ -197,9 +260,9 @@ impl Claim for PgClaim {
                 client.release();
                 Ok(())
             }
-            Ok(Err(err)) => Err(DbError::query("recording delivered reminders", err).into()),
+            Ok(Err(err)) => Err(DbError::query("recording delivered events", err).into()),
             Err(_) => {
-                Err(DbError::timed_out("recording delivered reminders", self.query_timeout).into())
+                Err(DbError::timed_out("recording delivered events", self.query_timeout).into())
             }
         }
     }

@@ -190,12 +190,14 @@ impl TestBroker {
     }
 }
 
-/// A [`ReminderConsumer`] on `exchange` at `url` for the reminders' routing
-/// key: the exchange, the queue and its binding declared as the bot does.
+/// A [`ReminderConsumer`] on `exchange` at `url` for the routing key of every
+/// kind: the exchange, the queue and its bindings declared as the bot does.
 pub async fn bind(url: &str, exchange: &str, queue: QueueKind) -> ReminderConsumer {
     let broker_url: BrokerUrl = url.parse().expect("a valid broker URL");
+    let kinds = notification_scheduler::kinds::delivered(ROUTING_KEY);
+    let routing_keys: Vec<&str> = kinds.iter().map(|kind| &*kind.routing_key).collect();
     // Messages are taken without acknowledgements, so the prefetch is moot.
-    ReminderConsumer::bind(&broker_url, exchange, ROUTING_KEY, queue, 1_000)
+    ReminderConsumer::bind(&broker_url, exchange, &routing_keys, queue, 1_000)
         .await
         .unwrap_or_else(|err| panic!("bind a queue to exchange {exchange}: {err}"))
 }

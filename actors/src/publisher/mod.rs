@@ -17,7 +17,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::Instrument;
 
 use crate::flow::FlowControl;
-use crate::model::{DueReminder, PublishOutcome};
+use crate::model::{DueEvent, PublishOutcome};
 use crate::ports::{BrokerConnector, BrokerEvent, BrokerSession, EventSink, PendingConfirms};
 use crate::slot::Slot;
 
@@ -60,18 +60,18 @@ pub struct PublisherState<C: BrokerConnector> {
 /// publish on, and its mailbox to report a confirm timeout to.
 #[derive(Clone)]
 pub struct PublisherHandle {
-    publish: Arc<dyn Fn(Vec<DueReminder>) -> PendingConfirms + Send + Sync>,
+    publish: Arc<dyn Fn(Vec<DueEvent>) -> PendingConfirms + Send + Sync>,
     actor: ActorRef<PublisherMessage>,
     confirm_timeout: Duration,
     flow: FlowControl,
 }
 
 impl PublisherHandle {
-    /// Queues the reminders for publishing, in order; never waits for the
-    /// broker. `batch` is the span of the batch they belong to.
-    pub fn publish(&self, reminders: Vec<DueReminder>, batch: &tracing::Span) -> PendingConfirms {
-        tracing::info_span!(parent: batch, "publish", batch.size = reminders.len())
-            .in_scope(|| (self.publish)(reminders))
+    /// Queues the events' messages for publishing, in order; never waits for
+    /// the broker. `batch` is the span of the batch they belong to.
+    pub fn publish(&self, events: Vec<DueEvent>, batch: &tracing::Span) -> PendingConfirms {
+        tracing::info_span!(parent: batch, "publish", batch.size = events.len())
+            .in_scope(|| (self.publish)(events))
     }
 
     /// Waits for the confirms of `count` published messages. If the broker
@@ -139,7 +139,7 @@ impl<C: BrokerConnector> Actor for PublisherActor<C> {
         let session = Arc::new(session);
         let publish = {
             let session = Arc::clone(&session);
-            Arc::new(move |reminders| session.publish(reminders))
+            Arc::new(move |events| session.publish(events))
         };
         args.handle.set(Some(PublisherHandle {
             publish,

@@ -7,7 +7,7 @@
 //! answered, so a round never waits for confirms and a crash of the scheduler
 //! cannot interrupt a commit.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,7 @@ use uuid::Uuid;
 use super::SchedulerMessage;
 use crate::flow::FlowControl;
 use crate::metrics::Outcome;
-use crate::model::{DueReminder, NextDue, PublishOutcome};
+use crate::model::{DueEvent, NextDue, PublishOutcome};
 use crate::ports::{Claim, PortError, ScheduleStore};
 use crate::publisher::PublisherHandle;
 use crate::slot::Slot;
@@ -31,9 +31,9 @@ use crate::trace_context;
 pub enum RoundOutcome {
     /// Nothing is pending.
     Idle,
-    /// The next reminder is due after `NextDue::delay`.
+    /// The next event is due after `NextDue::delay`.
     Sleep(NextDue),
-    /// A due reminder is held by another claim (another replica, or a claim of
+    /// A due event is held by another claim (another replica, or a claim of
     /// a previous incarnation still settling): poll again shortly.
     Contended(NextDue),
     /// The publisher is not running; its restart triggers a resync.
@@ -120,14 +120,16 @@ impl<S: ScheduleStore> RoundContext<S> {
                 .claim_due(self.batch_size)
                 .instrument(claim_span.clone())
                 .await?;
-            let claimed = claim.reminders().len();
+            let claimed = claim.events().len();
             claim_span.record("batch.size", claimed);
             if claimed > 0 {
-                let oldest_ms = oldest_lateness_ms(claim.reminders());
+                let oldest_ms = oldest_lateness_ms(claim.events());
                 totals.add(claimed, oldest_ms);
                 self.dispatch(claim, permit, &publisher, oldest_ms);
             }
-            if claimed == self.batch_size {
+            // Each kind may fill its own limit: a full claim of any size means
+            // more may be due.
+            if claimed >= self.batch_size {
                 last_claim_was_empty = false;
                 continue;
             }
@@ -168,7 +170,7 @@ impl<S: ScheduleStore> RoundContext<S> {
         }
     }
 
-    /// Publishes the batch's live reminders and settles the claim on its own task.
+    /// Publishes the batch's live events and settles the claim on its own task.
     fn dispatch(
         &self,
         claim: S::Claim,
@@ -177,18 +179,18 @@ impl<S: ScheduleStore> RoundContext<S> {
         oldest_lateness_ms: f64,
     ) {
         let claimed_at = Instant::now();
-        let batch = batch_span(claim.reminders(), oldest_lateness_ms);
-        crate::metrics::batch_size(claim.reminders().len());
-        let ids: Vec<Uuid> = claim.reminders().iter().map(|r| r.id).collect();
+        let batch = batch_span(claim.events(), oldest_lateness_ms);
+        crate::metrics::batch_size(claim.events().len());
+        let ids: Vec<Uuid> = claim.events().iter().map(|e| e.id).collect();
         self.in_flight.lock().extend(ids.iter().copied());
         let live: Vec<_> = claim
-            .reminders()
+            .events()
             .iter()
-            .filter(|r| !r.stale)
+            .filter(|e| !e.stale)
             .cloned()
             .collect();
-        let live_ids: Vec<Uuid> = live.iter().map(|r| r.id).collect();
-        let claim_lateness: Vec<Duration> = live.iter().map(|r| r.lateness).collect();
+        let live_ids: Vec<(Uuid, &'static str)> = live.iter().map(|e| (e.id, e.kind)).collect();
+        let claim_lateness: Vec<Duration> = live.iter().map(|e| e.lateness).collect();
         let confirms = (!live.is_empty()).then(|| publisher.publish(live, &batch));
         let publisher = publisher.clone();
         let in_flight = self.in_flight.clone();
@@ -203,9 +205,11 @@ impl<S: ScheduleStore> RoundContext<S> {
                     }
                 };
                 let answered_after = claimed_at.elapsed();
-                for (lateness, outcome) in claim_lateness.iter().zip(&outcomes) {
+                for ((lateness, (_, kind)), outcome) in
+                    claim_lateness.iter().zip(&live_ids).zip(&outcomes)
+                {
                     if *outcome == PublishOutcome::Confirmed {
-                        crate::metrics::lateness(*lateness + answered_after);
+                        crate::metrics::lateness(kind, *lateness + answered_after);
                     }
                 }
                 let settled = settle(claim, &live_ids, outcomes).await;
@@ -234,7 +238,7 @@ pub fn round_span() -> tracing::Span {
     tracing::info_span!(
         parent: None,
         "delivery round",
-        reminders = tracing::field::Empty,
+        events = tracing::field::Empty,
         batches = tracing::field::Empty,
         lateness.oldest_ms = tracing::field::Empty,
         outcome = tracing::field::Empty,
@@ -245,19 +249,21 @@ pub fn round_span() -> tracing::Span {
 const MAX_LINKS: usize = 64;
 
 /// The span of one claimed batch, linked to the traces of the requests that
-/// scheduled its reminders.
-fn batch_span(reminders: &[DueReminder], oldest_lateness_ms: f64) -> tracing::Span {
+/// scheduled its events.
+fn batch_span(events: &[DueEvent], oldest_lateness_ms: f64) -> tracing::Span {
+    let kinds: BTreeSet<&str> = events.iter().map(|e| e.kind).collect();
     let span = tracing::info_span!(
         "delivery batch",
-        batch.size = reminders.len(),
-        reminders.stale = reminders.iter().filter(|r| r.stale).count(),
+        batch.size = events.len(),
+        kind = kinds.into_iter().collect::<Vec<_>>().join(","),
+        events.stale = events.iter().filter(|e| e.stale).count(),
         lateness.oldest_ms = oldest_lateness_ms,
         error = tracing::field::Empty,
     );
     let mut linked = HashSet::new();
-    for context in reminders
+    for context in events
         .iter()
-        .filter_map(|r| r.traceparent.as_deref())
+        .filter_map(|e| e.traceparent.as_deref())
         .filter_map(trace_context::from_traceparent)
     {
         if linked.len() == MAX_LINKS {
@@ -270,10 +276,10 @@ fn batch_span(reminders: &[DueReminder], oldest_lateness_ms: f64) -> tracing::Sp
     span
 }
 
-fn oldest_lateness_ms(reminders: &[DueReminder]) -> f64 {
-    reminders
+fn oldest_lateness_ms(events: &[DueEvent]) -> f64 {
+    events
         .iter()
-        .map(|r| r.lateness)
+        .map(|e| e.lateness)
         .max()
         .unwrap_or_default()
         .as_secs_f64()
@@ -283,20 +289,20 @@ fn oldest_lateness_ms(reminders: &[DueReminder]) -> f64 {
 /// What a round claimed, recorded on its span when it ends.
 #[derive(Default)]
 struct RoundTotals {
-    reminders: usize,
+    events: usize,
     batches: usize,
     oldest_lateness_ms: f64,
 }
 
 impl RoundTotals {
     fn add(&mut self, claimed: usize, oldest_lateness_ms: f64) {
-        self.reminders += claimed;
+        self.events += claimed;
         self.batches += 1;
         self.oldest_lateness_ms = self.oldest_lateness_ms.max(oldest_lateness_ms);
     }
 
     fn finish(self, span: &tracing::Span, outcome: RoundOutcome) -> RoundOutcome {
-        span.record("reminders", self.reminders);
+        span.record("events", self.events);
         span.record("batches", self.batches);
         span.record("lateness.oldest_ms", self.oldest_lateness_ms);
         span.record("outcome", outcome.name());
@@ -304,10 +310,10 @@ impl RoundTotals {
     }
 }
 
-/// Why a settled batch left reminders pending: they are delivered again.
+/// Why a settled batch left events pending: they are delivered again.
 #[derive(Debug, thiserror::Error)]
 pub enum SettleError {
-    /// The broker did not take every reminder.
+    /// The broker did not take every event.
     #[error("{0}; they stay pending and will be retried")]
     Undelivered(FailureSummary),
     /// The outcome could not be recorded.
@@ -315,27 +321,42 @@ pub enum SettleError {
     Commit(#[source] PortError),
 }
 
-/// Commits a claim once the broker has answered: reminders it did not confirm
+/// Commits a claim once the broker has answered: events it did not confirm
 /// stay pending. Fails if any did, or if the commit did.
 async fn settle<C: Claim>(
     claim: C,
-    live: &[Uuid],
+    live: &[(Uuid, &'static str)],
     outcomes: Vec<PublishOutcome>,
 ) -> Result<(), SettleError> {
-    let skipped = claim.reminders().len() - live.len();
+    let mut counts: BTreeMap<(&'static str, Outcome), usize> = BTreeMap::new();
+    let mut count = |kind, outcome| *counts.entry((kind, outcome)).or_default() += 1;
+    for event in claim.events().iter().filter(|e| e.stale) {
+        count(event.kind, Outcome::SkippedStale);
+    }
+    let skipped = claim.events().len() - live.len();
     let mut undelivered = Vec::new();
     let mut failures = FailureSummary::default();
-    for (id, outcome) in live.iter().zip(&outcomes) {
-        match outcome {
-            PublishOutcome::Confirmed => continue,
-            PublishOutcome::Nacked => failures.nacked += 1,
-            PublishOutcome::Returned => failures.returned += 1,
+    for ((id, kind), outcome) in live.iter().zip(&outcomes) {
+        let counted = match outcome {
+            PublishOutcome::Confirmed => Outcome::Sent,
+            PublishOutcome::Nacked => {
+                failures.nacked += 1;
+                Outcome::Failed
+            }
+            PublishOutcome::Returned => {
+                failures.returned += 1;
+                Outcome::Returned
+            }
             PublishOutcome::Unknown(reason) => {
                 failures.unknown += 1;
                 failures.reason.get_or_insert_with(|| reason.clone());
+                Outcome::Failed
             }
+        };
+        count(kind, counted);
+        if counted != Outcome::Sent {
+            undelivered.push(*id);
         }
-        undelivered.push(*id);
     }
     let published = live.len() - undelivered.len();
     claim
@@ -343,18 +364,17 @@ async fn settle<C: Claim>(
         .instrument(tracing::info_span!("commit"))
         .await
         .map_err(SettleError::Commit)?;
-    crate::metrics::reminders(Outcome::Sent, published);
-    crate::metrics::reminders(Outcome::SkippedStale, skipped);
-    crate::metrics::reminders(Outcome::Returned, failures.returned);
-    crate::metrics::reminders(Outcome::Failed, failures.nacked + failures.unknown);
+    for ((kind, outcome), events) in counts {
+        crate::metrics::events(kind, outcome, events);
+    }
     tracing::debug!(published, skipped, "batch settled");
     if skipped > 0 {
-        tracing::info!(skipped, "skipped reminders whose game has already started");
+        tracing::info!(skipped, "skipped events whose kind says they came too late");
     }
     failures.into_result()
 }
 
-/// How many reminders of a batch the broker did not take, and why.
+/// How many events of a batch the broker did not take, and why.
 #[derive(Debug, Default)]
 pub struct FailureSummary {
     nacked: usize,

@@ -14,7 +14,7 @@ use std::time::Duration;
 use chrono::TimeDelta;
 use uuid::Uuid;
 
-use crate::model::DueReminder;
+use crate::model::DueEvent;
 use crate::ports::{Claim, ScheduleStore};
 
 /// The stale grace every store under test is configured with.
@@ -51,8 +51,8 @@ pub trait ContractFixture: Sync {
     fn state(&self, id: Uuid) -> impl Future<Output = RowState> + Send;
 }
 
-fn ids(reminders: &[DueReminder]) -> Vec<Uuid> {
-    reminders.iter().map(|r| r.id).collect()
+fn ids(events: &[DueEvent]) -> Vec<Uuid> {
+    events.iter().map(|e| e.id).collect()
 }
 
 fn ago(seconds: i64) -> TimeDelta {
@@ -76,13 +76,13 @@ async fn claim_eventually<S: ScheduleStore>(store: &S, expected: usize) -> S::Cl
     let deadline = tokio::time::Instant::now() + SLACK;
     loop {
         let claim = store.claim_due(100).await.expect("claim");
-        if claim.reminders().len() == expected {
+        if claim.events().len() == expected {
             return claim;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
             "claim holds {} rows, expected {expected}",
-            claim.reminders().len()
+            claim.events().len()
         );
         drop(claim);
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -98,9 +98,9 @@ pub async fn claims_oldest_first_up_to_the_limit<F: ContractFixture>(fixture: &F
     let future = fixture.insert(ahead(3_600), None).await;
     let store = fixture.store();
     let claim = store.claim_due(2).await.expect("claim");
-    assert_eq!(ids(claim.reminders()), [oldest, second]);
+    assert_eq!(ids(claim.events()), [oldest, second]);
     within(
-        claim.reminders()[0].lateness,
+        claim.events()[0].lateness,
         Duration::from_secs(30),
         "lateness",
     );
@@ -109,7 +109,7 @@ pub async fn claims_oldest_first_up_to_the_limit<F: ContractFixture>(fixture: &F
     assert_eq!(fixture.state(second).await, RowState::Published);
     assert_eq!(fixture.state(third).await, RowState::Pending);
     let rest = store.claim_due(100).await.expect("claim");
-    assert_eq!(ids(rest.reminders()), [third], "{future} is not due");
+    assert_eq!(ids(rest.events()), [third], "{future} is not due");
 }
 
 /// A row held by one claim is skipped by another (`SKIP LOCKED`), not waited for.
@@ -119,12 +119,12 @@ pub async fn a_held_row_is_skipped_by_another_claim<F: ContractFixture>(fixture:
     let replica_a = fixture.store();
     let replica_b = fixture.store();
     let held = replica_a.claim_due(1).await.expect("claim");
-    assert_eq!(ids(held.reminders()), [first]);
+    assert_eq!(ids(held.events()), [first]);
     let other = tokio::time::timeout(SLACK, replica_b.claim_due(100))
         .await
         .expect("a claim never waits for another")
         .expect("claim");
-    assert_eq!(ids(other.reminders()), [second]);
+    assert_eq!(ids(other.events()), [second]);
 }
 
 /// A reminder whose game has started and which is more than the grace late is
@@ -134,8 +134,7 @@ pub async fn stale_rows_are_skipped_and_the_rest_published<F: ContractFixture>(f
     let late_within_grace = fixture.insert(ago(10), Some(ago(5))).await;
     let without_game = fixture.insert(ago(600), None).await;
     let claim = fixture.store().claim_due(100).await.expect("claim");
-    let stale_flags: Vec<(Uuid, bool)> =
-        claim.reminders().iter().map(|r| (r.id, r.stale)).collect();
+    let stale_flags: Vec<(Uuid, bool)> = claim.events().iter().map(|r| (r.id, r.stale)).collect();
     assert_eq!(
         stale_flags,
         [
@@ -159,7 +158,7 @@ pub async fn expiry_is_when_the_reminder_would_become_stale<F: ContractFixture>(
     let claim = fixture.store().claim_due(100).await.expect("claim");
     let expiry = |id: Uuid| {
         claim
-            .reminders()
+            .events()
             .iter()
             .find(|r| r.id == id)
             .expect("claimed")
@@ -211,13 +210,13 @@ pub async fn a_partial_commit_leaves_the_undelivered_pending<F: ContractFixture>
     let third = fixture.insert(ago(10), None).await;
     let store = fixture.store();
     let claim = store.claim_due(100).await.expect("claim");
-    assert_eq!(claim.reminders().len(), 3);
+    assert_eq!(claim.events().len(), 3);
     claim.commit(vec![undelivered]).await.expect("commit");
     assert_eq!(fixture.state(first).await, RowState::Published);
     assert_eq!(fixture.state(undelivered).await, RowState::Pending);
     assert_eq!(fixture.state(third).await, RowState::Published);
     let again = claim_eventually(&store, 1).await;
-    assert_eq!(ids(again.reminders()), [undelivered]);
+    assert_eq!(ids(again.events()), [undelivered]);
 }
 
 /// Dropping a claim without committing releases its rows unchanged.
@@ -226,12 +225,12 @@ pub async fn dropping_a_claim_releases_its_rows_unchanged<F: ContractFixture>(fi
     let second = fixture.insert(ago(10), None).await;
     let store = fixture.store();
     let claim = store.claim_due(100).await.expect("claim");
-    assert_eq!(ids(claim.reminders()), [first, second]);
+    assert_eq!(ids(claim.events()), [first, second]);
     drop(claim);
     assert_eq!(fixture.state(first).await, RowState::Pending);
     assert_eq!(fixture.state(second).await, RowState::Pending);
     let again = claim_eventually(&store, 2).await;
-    assert_eq!(ids(again.reminders()), [first, second]);
+    assert_eq!(ids(again.events()), [first, second]);
 }
 
 /// One test per contract scenario, for the fixture `$fixture` (an expression,

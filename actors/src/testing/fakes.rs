@@ -10,7 +10,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::model::{DueReminder, NextDue, PublishOutcome};
+use crate::model::{DueEvent, NextDue, Outbound, PublishOutcome};
 use crate::ports::{
     BrokerConnector, BrokerEvent, BrokerSession, Claim, EventSink, ListenConnector, ListenEvent,
     ListenSession, PendingConfirms, PortError, ScheduleStore,
@@ -173,7 +173,7 @@ impl ScheduleStore for FakeStore {
             .filter(|row| row.done.is_none() && !row.locked && row.at <= now)
             .collect();
         due.sort_by_key(|row| row.at);
-        let reminders = due
+        let events = due
             .into_iter()
             .take(limit)
             .map(|row| {
@@ -181,11 +181,10 @@ impl ScheduleStore for FakeStore {
                 let stale = row
                     .game_starts
                     .is_some_and(|starts| now > starts && now > row.at + grace);
-                DueReminder {
+                DueEvent {
+                    kind: "reminder",
                     id: row.id,
-                    game_id: "game".to_owned(),
-                    reminder_minutes: 0,
-                    notification_time: row.at,
+                    due_at: row.at,
                     stale,
                     expires_in: row.game_starts.map(|starts| {
                         (starts.max(row.at + grace) - now)
@@ -194,12 +193,17 @@ impl ScheduleStore for FakeStore {
                     }),
                     lateness: (now - row.at).to_std().unwrap_or_default(),
                     traceparent: None,
+                    message: Outbound {
+                        routing_key: "game.reminder_due".into(),
+                        event_type: "game.reminder_due",
+                        data: serde_json::json!({ "game_id": "game", "reminder_minutes": 0 }),
+                    },
                 }
             })
             .collect();
         Ok(FakeClaim {
             store: self.clone(),
-            reminders,
+            events,
             finished: false,
         })
     }
@@ -225,22 +229,18 @@ impl ScheduleStore for FakeStore {
 /// A claim on fake rows; dropping it unlocks them.
 pub struct FakeClaim {
     store: FakeStore,
-    reminders: Vec<DueReminder>,
+    events: Vec<DueEvent>,
     finished: bool,
 }
 
 impl Claim for FakeClaim {
-    fn reminders(&self) -> &[DueReminder] {
-        &self.reminders
+    fn events(&self) -> &[DueEvent] {
+        &self.events
     }
 
     async fn commit(mut self, undelivered: Vec<Uuid>) -> Result<(), PortError> {
         self.store.check()?;
-        for reminder in self
-            .reminders
-            .iter()
-            .filter(|r| !undelivered.contains(&r.id))
-        {
+        for reminder in self.events.iter().filter(|r| !undelivered.contains(&r.id)) {
             let disposition = if reminder.stale {
                 Disposition::SkippedStale
             } else {
@@ -257,8 +257,8 @@ impl Claim for FakeClaim {
 
 impl FakeClaim {
     fn release(&self) {
-        for reminder in &self.reminders {
-            self.store.with_row(reminder.id, |row| row.locked = false);
+        for event in &self.events {
+            self.store.with_row(event.id, |row| row.locked = false);
         }
     }
 }
@@ -358,17 +358,17 @@ impl BrokerConnector for FakeBroker {
 }
 
 impl BrokerSession for FakeBroker {
-    fn publish(&self, reminders: Vec<DueReminder>) -> PendingConfirms {
+    fn publish(&self, events: Vec<DueEvent>) -> PendingConfirms {
         let now = self.store.now();
         let mut inner = self.lock();
-        inner.batch_sizes.push(reminders.len());
-        let outcomes: Vec<PublishOutcome> = reminders
+        inner.batch_sizes.push(events.len());
+        let outcomes: Vec<PublishOutcome> = events
             .iter()
-            .map(|reminder| {
+            .map(|event| {
                 inner.published.push(Published {
-                    id: reminder.id,
+                    id: event.id,
                     at: now,
-                    stale: reminder.stale,
+                    stale: event.stale,
                 });
                 inner
                     .scripted

@@ -1,21 +1,35 @@
-//! Pending, overdue and next-due gauges, observed from the table (a dashboard
-//! must see a stuck backlog even when nothing is being delivered).
+//! Pending, overdue and next-due gauges per kind, observed from the tables (a
+//! dashboard must see a stuck backlog even when nothing is being delivered).
 
+use std::collections::BTreeMap;
 use std::sync::{Mutex, OnceLock};
 
 use deadpool_postgres::Pool;
+use opentelemetry::KeyValue;
 use opentelemetry::metrics::ObservableGauge;
 
-/// One scan of the partial index on pending rows.
-const OBSERVE: &str = "SELECT count(*)::bigint, \
-       count(*) FILTER (WHERE notification_time <= clock_timestamp())::bigint, \
-       extract(epoch FROM min(notification_time) - clock_timestamp())::float8 \
-  FROM notification_schedule WHERE NOT sent";
+use crate::kinds::{self, Kind};
 
-/// The latest observation, read by the gauges at each export. A gauge with
-/// nothing to report (no observation yet, nothing pending) exports no point
-/// rather than repeating a stale value.
-static LATEST: Mutex<Option<Observation>> = Mutex::new(None);
+/// One scan of the partial index on pending rows of `kind`.
+fn observe(kind: &Kind) -> String {
+    let Kind {
+        table,
+        time_column: time,
+        done_column: done,
+        ..
+    } = kind;
+    format!(
+        "SELECT count(*)::bigint, \
+                count(*) FILTER (WHERE {time} <= clock_timestamp())::bigint, \
+                extract(epoch FROM min({time}) - clock_timestamp())::float8 \
+           FROM {table} WHERE NOT {done}"
+    )
+}
+
+/// The latest observation of each kind, read by the gauges at each export. A
+/// gauge with nothing to report (no observation yet, nothing pending) exports
+/// no point rather than repeating a stale value.
+static LATEST: Mutex<BTreeMap<&'static str, Observation>> = Mutex::new(BTreeMap::new());
 
 #[derive(Clone, Copy)]
 struct Observation {
@@ -24,8 +38,14 @@ struct Observation {
     next_due_s: Option<f64>,
 }
 
-fn latest() -> Option<Observation> {
-    *LATEST.lock().unwrap_or_else(|poison| poison.into_inner())
+/// Each kind's latest observation, with its `kind` attribute.
+fn latest() -> Vec<([KeyValue; 1], Observation)> {
+    LATEST
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .iter()
+        .map(|(kind, observation)| ([KeyValue::new("kind", *kind)], *observation))
+        .collect()
 }
 
 struct Gauges {
@@ -43,20 +63,20 @@ pub fn register() {
             _pending: meter
                 .u64_observable_gauge("notification_scheduler.reminders.pending")
                 .with_unit("{reminder}")
-                .with_description("Unsent reminders in the table")
+                .with_description("Pending events in the tables, by kind")
                 .with_callback(|gauge| {
-                    if let Some(latest) = latest() {
-                        gauge.observe(latest.pending, &[]);
+                    for (kind, latest) in latest() {
+                        gauge.observe(latest.pending, &kind);
                     }
                 })
                 .build(),
             _overdue: meter
                 .u64_observable_gauge("notification_scheduler.reminders.overdue")
                 .with_unit("{reminder}")
-                .with_description("Unsent reminders whose notification_time has passed")
+                .with_description("Pending events whose time has passed, by kind")
                 .with_callback(|gauge| {
-                    if let Some(latest) = latest() {
-                        gauge.observe(latest.overdue, &[]);
+                    for (kind, latest) in latest() {
+                        gauge.observe(latest.overdue, &kind);
                     }
                 })
                 .build(),
@@ -64,11 +84,13 @@ pub fn register() {
                 .f64_observable_gauge("notification_scheduler.next_due")
                 .with_unit("s")
                 .with_description(
-                    "Seconds until the earliest unsent reminder (negative when overdue; absent when none)",
+                    "Seconds until the earliest pending event, by kind (negative when overdue; absent when none)",
                 )
                 .with_callback(|gauge| {
-                    if let Some(seconds) = latest().and_then(|latest| latest.next_due_s) {
-                        gauge.observe(seconds, &[]);
+                    for (kind, latest) in latest() {
+                        if let Some(seconds) = latest.next_due_s {
+                            gauge.observe(seconds, &kind);
+                        }
                     }
                 })
                 .build(),
@@ -80,15 +102,22 @@ pub async fn run(pool: Pool) {
     let Some(client) = super::connection(&pool, "observe").await else {
         return;
     };
-    match client.query_one(OBSERVE, &[]).await {
-        Ok(row) => {
-            let observation = Observation {
-                pending: row.get::<_, i64>(0).unsigned_abs(),
-                overdue: row.get::<_, i64>(1).unsigned_abs(),
-                next_due_s: row.get(2),
-            };
-            *LATEST.lock().unwrap_or_else(|poison| poison.into_inner()) = Some(observation);
+    for kind in kinds::ALL {
+        match client.query_one(&observe(kind), &[]).await {
+            Ok(row) => {
+                let observation = Observation {
+                    pending: row.get::<_, i64>(0).unsigned_abs(),
+                    overdue: row.get::<_, i64>(1).unsigned_abs(),
+                    next_due_s: row.get(2),
+                };
+                LATEST
+                    .lock()
+                    .unwrap_or_else(|poison| poison.into_inner())
+                    .insert(kind.name, observation);
+            }
+            Err(err) => {
+                tracing::debug!(kind = kind.name, error = %err, "observing the schedule failed")
+            }
         }
-        Err(err) => tracing::debug!(error = %err, "observing the schedule failed"),
     }
 }

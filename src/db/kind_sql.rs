@@ -1,0 +1,103 @@
+//! The daemon's statements for each kind, written from its declaration
+//! ([`crate::kinds::Kind`]). Every time is read from the database clock.
+
+use crate::kinds::{Expiry, Kind};
+
+/// Claims and marks the oldest due rows of `kind` that no other claim holds,
+/// and computes with the database clock whether each is stale and how long it
+/// stays useful. The transaction stays open until the broker has confirmed,
+/// so none of this is visible before then, and a rollback (crash, timeout)
+/// releases every row unchanged. Marking at claim time saves a second pass.
+///
+/// `$1`: batch size; with [`Expiry::AtGameStart`] also `$2`, the stale grace
+/// in milliseconds: a row is stale when its game has started and it is more
+/// than the grace late (a 0-minute reminder is due exactly at the start and
+/// must still go out), and its message expires when it would become stale.
+pub fn claim(kind: &Kind) -> String {
+    let Kind {
+        table,
+        time_column: time,
+        done_column: done,
+        done_at_column: done_at,
+        data_columns,
+        ..
+    } = kind;
+    let (outcome, stale, expires_in_ms) = match kind.expiry {
+        Expiry::AtGameStart => (
+            format!(
+                "CASE WHEN statement_timestamp() > s.game_scheduled_at \
+                       AND statement_timestamp() > s.{time} + $2::bigint * interval '1 millisecond' \
+                      THEN 'skipped_stale' ELSE 'published' END"
+            ),
+            "s.outcome = 'skipped_stale'".to_owned(),
+            format!(
+                "CASE WHEN s.game_scheduled_at IS NOT NULL THEN \
+                   (extract(epoch FROM greatest(s.game_scheduled_at, \
+                      s.{time} + $2::bigint * interval '1 millisecond') \
+                    - statement_timestamp()) * 1000)::bigint END"
+            ),
+        ),
+        Expiry::Never => (
+            "'published'".to_owned(),
+            "false".to_owned(),
+            "NULL::bigint".to_owned(),
+        ),
+    };
+    format!(
+        "UPDATE {table} AS s \
+            SET {done} = true, {done_at} = statement_timestamp(), outcome = {outcome} \
+           FROM (SELECT ctid FROM {table} \
+                  WHERE NOT {done} AND {time} <= statement_timestamp() \
+                  ORDER BY {time} LIMIT $1 \
+                    FOR UPDATE SKIP LOCKED) AS due \
+          WHERE s.ctid = due.ctid \
+         RETURNING s.id, s.{time}, {stale} AS stale, {expires_in_ms} AS expires_in_ms, \
+                   (extract(epoch FROM statement_timestamp() - s.{time}) * 1000000)::bigint AS lateness_us, \
+                   s.traceparent, {data_columns}"
+    )
+}
+
+/// Returns claimed rows of `kind` that the broker did not confirm to pending,
+/// inside the claim's transaction, so that they are delivered again.
+/// `$1`: their ids.
+pub fn release(kind: &Kind) -> String {
+    let Kind {
+        table,
+        done_column: done,
+        done_at_column: done_at,
+        ..
+    } = kind;
+    format!(
+        "UPDATE {table} SET {done} = false, {done_at} = NULL, outcome = NULL \
+          WHERE id = ANY ($1::uuid[])"
+    )
+}
+
+/// The earliest pending row of any of `kinds` outside the caller's in-flight
+/// claims, and the delay until it, computed here so that the timer runs on
+/// the database clock. `$1`: ids of the rows this daemon is delivering now.
+pub fn next_due<'a>(kinds: impl IntoIterator<Item = &'a Kind>) -> String {
+    let earliest: Vec<String> = kinds
+        .into_iter()
+        .map(|kind| {
+            let Kind {
+                table,
+                time_column: time,
+                done_column: done,
+                ..
+            } = kind;
+            format!(
+                "(SELECT {time} AS due_at FROM {table} \
+                   WHERE NOT {done} AND NOT (id = ANY ($1::uuid[])) \
+                   ORDER BY {time} LIMIT 1)"
+            )
+        })
+        .collect();
+    format!(
+        "SELECT due_at, \
+                greatest(0, extract(epoch FROM due_at - clock_timestamp()) * 1000000)::bigint AS delay_us \
+           FROM ({}) AS earliest \
+          ORDER BY due_at LIMIT 1",
+        earliest.join(" UNION ALL ")
+    )
+}

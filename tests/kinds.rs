@@ -1,0 +1,207 @@
+//! Every kind through the one pipeline: status transitions written by plain
+//! SQL are delivered at their time, never early, once, and never skipped or
+//! expired however late; a mixed backlog goes out in due order across kinds.
+
+pub mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use common::schedule::{count, start_daemon, wait_for_count};
+use common::{TestBroker, TestDb};
+use uuid::Uuid;
+
+/// A status transition as written.
+struct Transition {
+    id: Uuid,
+    game_id: Uuid,
+    target_status: String,
+    at: DateTime<Utc>,
+}
+
+/// One game and a transition to each of `statuses`, due `offsets_ms` from
+/// now by the database clock (negative: overdue).
+async fn transitions(
+    client: &tokio_postgres::Client,
+    statuses: &[&str],
+    offsets_ms: &[i64],
+) -> Vec<Transition> {
+    let game_id: Uuid = client
+        .query_one(
+            "INSERT INTO game_sessions (title, scheduled_at) VALUES ('kinds', now()) RETURNING id",
+            &[],
+        )
+        .await
+        .expect("insert game")
+        .get(0);
+    let statuses: Vec<String> = statuses.iter().map(|s| (*s).to_owned()).collect();
+    let rows = client
+        .query(
+            "INSERT INTO game_status_schedule (game_id, target_status, transition_time) \
+             SELECT $1, s, now() + o * interval '1 ms' \
+               FROM unnest($2::text[], $3::bigint[]) AS t(s, o) \
+             RETURNING id, target_status, transition_time",
+            &[&game_id, &statuses, &offsets_ms],
+        )
+        .await
+        .expect("insert transitions");
+    rows.iter()
+        .map(|row| Transition {
+            id: row.get(0),
+            game_id,
+            target_status: row.get(1),
+            at: row.get(2),
+        })
+        .collect()
+}
+
+fn assert_transitions_delivered(received: &[common::Received], expected: &[Transition]) {
+    let by_id: HashMap<String, &Transition> =
+        expected.iter().map(|t| (t.id.to_string(), t)).collect();
+    for message in received {
+        let transition = by_id
+            .get(&message.message_id)
+            .unwrap_or_else(|| panic!("unexpected message {message:?}"));
+        assert!(
+            message.received_at >= transition.at,
+            "received {} before its time {}",
+            message.received_at,
+            transition.at
+        );
+        assert_eq!(message.body["event_type"], "game.status_transition_due");
+        assert_eq!(
+            message.body["data"]["game_id"],
+            transition.game_id.to_string()
+        );
+        assert_eq!(
+            message.body["data"]["target_status"],
+            transition.target_status
+        );
+        let transition_time: DateTime<Utc> = message.body["data"]["transition_time"]
+            .as_str()
+            .expect("transition_time")
+            .parse()
+            .expect("ISO 8601");
+        assert_eq!(transition_time, transition.at);
+        assert_eq!(message.expiration, None, "a transition never expires");
+    }
+}
+
+#[tokio::test]
+async fn status_transitions_are_delivered_at_their_time_never_early_once() {
+    let (db, broker) = (TestDb::migrated().await, TestBroker::new().await);
+    let mut consumer = broker.consumer().await;
+    let daemon = start_daemon(&db, &broker, &[]).await;
+    let client = db.client().await;
+    // Written after the daemon armed its timer: only the transition channel's
+    // notification can wake it in time.
+    let written = transitions(
+        &client,
+        &["IN_PROGRESS", "COMPLETED", "ARCHIVED"],
+        &[1_500, 1_700, 1_900],
+    )
+    .await;
+    let received = consumer.take(3).await;
+    assert_transitions_delivered(&received, &written);
+    consumer.assert_quiet(Duration::from_millis(300)).await;
+    assert_eq!(count(&client, "sent").await, 0, "no reminder was touched");
+    let executed: i64 = client
+        .query_one(
+            "SELECT count(*) FROM game_status_schedule \
+              WHERE executed AND outcome = 'published' AND executed_at >= transition_time",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(executed, 3);
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn transitions_a_day_late_are_all_delivered_oldest_first_none_skipped() {
+    let (db, broker) = (TestDb::migrated().await, TestBroker::new().await);
+    let mut consumer = broker.consumer().await;
+    let client = db.client().await;
+    let day_ms = 86_400_000;
+    let mut written = Vec::new();
+    for game in 0..20 {
+        written.extend(
+            transitions(
+                &client,
+                &["IN_PROGRESS", "COMPLETED"],
+                &[-day_ms + game * 1_000, -day_ms + game * 1_000 + 500],
+            )
+            .await,
+        );
+    }
+    let daemon = start_daemon(&db, &broker, &[]).await;
+    let received = consumer.take(written.len()).await;
+    assert_transitions_delivered(&received, &written);
+    let times: Vec<DateTime<Utc>> = received
+        .iter()
+        .map(|m| {
+            m.body["data"]["transition_time"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert!(times.is_sorted(), "oldest first: {times:?}");
+    consumer.assert_quiet(Duration::from_millis(300)).await;
+    let skipped: i64 = client
+        .query_one(
+            "SELECT count(*) FROM game_status_schedule WHERE outcome IS DISTINCT FROM 'published'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(skipped, 0);
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_mixed_backlog_goes_out_in_due_order_across_kinds() {
+    let (db, broker) = (TestDb::migrated().await, TestBroker::new().await);
+    let mut consumer = broker.consumer().await;
+    let client = db.client().await;
+    // Overdue reminders of a game that starts in an hour (never stale) and
+    // overdue transitions, their times interleaved 100 ms apart.
+    let reminders = common::schedule::schedule(
+        &client,
+        3_600_000,
+        &[-10_000, -9_800, -9_600, -9_400, -9_200],
+    )
+    .await;
+    let written = transitions(
+        &client,
+        &["A", "B", "C", "D", "E"],
+        &[-9_900, -9_700, -9_500, -9_300, -9_100],
+    )
+    .await;
+    let daemon = start_daemon(&db, &broker, &[]).await;
+    let received = consumer.take(10).await;
+    let order: Vec<&str> = received
+        .iter()
+        .map(|m| m.body["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        order,
+        ["game.reminder_due", "game.status_transition_due",].repeat(5),
+        "in due order across kinds"
+    );
+    assert_transitions_delivered(
+        &received
+            .iter()
+            .filter(|m| m.body["event_type"] == "game.status_transition_due")
+            .cloned()
+            .collect::<Vec<_>>(),
+        &written,
+    );
+    wait_for_count(&client, "sent", reminders.len() as i64).await;
+    consumer.assert_quiet(Duration::from_millis(300)).await;
+    daemon.shutdown().await;
+}
