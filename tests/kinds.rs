@@ -4,12 +4,14 @@
 
 pub mod common;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use common::schedule::{count, start_daemon, wait_for_count};
-use common::{TestBroker, TestDb};
+use common::process::{LogTail, Running, free_port, signal, terminate, wait_exit};
+use common::rig::{Rig, WINDOW, take_until_quiet};
+use common::schedule::{backlog, count, sent_at_least, start_daemon, wait_for, wait_for_count};
+use common::{TestBroker, TestDb, WAIT};
 use uuid::Uuid;
 
 /// A status transition as written.
@@ -204,4 +206,127 @@ async fn a_mixed_backlog_goes_out_in_due_order_across_kinds() {
     wait_for_count(&client, "sent", reminders.len() as i64).await;
     consumer.assert_quiet(Duration::from_millis(300)).await;
     daemon.shutdown().await;
+}
+
+/// `count` overdue status transitions, one game each, as a backlog after
+/// downtime (interleaved in time with [`backlog`]'s reminders).
+async fn transition_backlog(client: &tokio_postgres::Client, count: i64) {
+    client
+        .batch_execute(&format!(
+            "WITH games AS (
+                 INSERT INTO game_sessions (title, scheduled_at)
+                 SELECT 'backlog', now() FROM generate_series(1, {count})
+                 RETURNING id)
+             INSERT INTO game_status_schedule (game_id, target_status, transition_time)
+             SELECT id, 'IN_PROGRESS', now() - interval '1 minute' - row_number() OVER () * interval '1 ms' + interval '500 us'
+               FROM games"
+        ))
+        .await
+        .expect("insert the transition backlog");
+}
+
+/// Every pending row of both kinds: message id to (event type, due time).
+async fn every_pending(
+    client: &tokio_postgres::Client,
+) -> HashMap<String, (&'static str, DateTime<Utc>)> {
+    let mut expected = HashMap::new();
+    for (event_type, query) in [
+        (
+            "game.reminder_due",
+            "SELECT id, notification_time FROM notification_schedule WHERE NOT sent",
+        ),
+        (
+            "game.status_transition_due",
+            "SELECT id, transition_time FROM game_status_schedule WHERE NOT executed",
+        ),
+    ] {
+        for row in client.query(query, &[]).await.expect("read pending rows") {
+            let id: Uuid = row.get(0);
+            expected.insert(id.to_string(), (event_type, row.get(1)));
+        }
+    }
+    expected
+}
+
+/// Three replicas share a backlog of both kinds; one is killed (-9) midway.
+/// The other two finish it: every row of every kind arrives, none early,
+/// each with its kind's event type, repeats only within the killed
+/// replica's batches in flight, and every row ends recorded as done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_with_one_killed_deliver_a_mixed_backlog_within_the_window() {
+    const ROWS: i64 = 5_000;
+    let mut rig = Rig::new().await;
+    backlog(&rig.client, ROWS).await;
+    transition_backlog(&rig.client, ROWS).await;
+    let expected = every_pending(&rig.client).await;
+    assert_eq!(expected.len(), 2 * ROWS as usize);
+    let settings = ["--batch-size", "100", "--max-in-flight-batches", "4"];
+    let mut replicas: Vec<(Running, LogTail)> = (0..3)
+        .map(|_| rig.spawn_daemon(free_port(), &settings))
+        .collect();
+
+    sent_at_least(&rig.client, ROWS / 4).await;
+    let (victim, victim_log) = &mut replicas[0];
+    signal(&victim.0, "KILL");
+    assert_eq!(wait_exit(&mut victim.0).await.code(), None, "killed");
+    assert!(
+        victim_log.contains("daemon started"),
+        "the victim was running"
+    );
+
+    let mut received = Vec::new();
+    let mut missing: HashSet<&str> = expected.keys().map(String::as_str).collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    while !missing.is_empty() {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let message = rig
+            .consumer
+            .next_within(left.min(WAIT))
+            .await
+            .unwrap_or_else(|| panic!("{} rows never arrived", missing.len()));
+        missing.remove(message.message_id.as_str());
+        received.push(message);
+    }
+    wait_for("every row of every kind to be done", WAIT, || async {
+        count(&rig.client, "NOT sent").await == 0
+            && rig
+                .client
+                .query_one(
+                    "SELECT count(*) FROM game_status_schedule WHERE NOT executed",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+                == 0
+    })
+    .await;
+    take_until_quiet(&mut rig.consumer, &mut received).await;
+
+    let mut seen = HashSet::new();
+    let mut duplicates = 0;
+    for message in &received {
+        let (event_type, at) = expected
+            .get(&message.message_id)
+            .unwrap_or_else(|| panic!("unexpected message {message:?}"));
+        assert_eq!(message.body["event_type"], *event_type, "{message:?}");
+        assert!(message.received_at >= *at, "{message:?} before {at}");
+        if !seen.insert(message.message_id.as_str()) {
+            duplicates += 1;
+        }
+    }
+    // A claim takes up to a batch of each kind, so the killed replica held at
+    // most twice the one-kind window.
+    let window = 2 * WINDOW;
+    assert!(
+        duplicates <= window,
+        "{duplicates} duplicates, more than the window of {window}"
+    );
+    eprintln!(
+        "mixed kinds, three replicas, one killed: {} rows, {duplicates} duplicates",
+        expected.len()
+    );
+    for (survivor, log) in &mut replicas[1..] {
+        terminate(survivor, log).await;
+    }
 }
