@@ -48,6 +48,12 @@ ALTER TABLE game_status_schedule
     -- The W3C traceparent of the request that scheduled the transition.
     ADD COLUMN IF NOT EXISTS traceparent text        NULL;
 
+-- How long a game is expected to last, in minutes: its COMPLETED transition
+-- is due then. NULL means the API's configured default applies.
+ALTER TABLE game_sessions
+    ADD COLUMN IF NOT EXISTS expected_duration_minutes integer NULL
+        CHECK (expected_duration_minutes BETWEEN 1 AND 10080);
+
 CREATE INDEX IF NOT EXISTS game_status_schedule_pending_idx
     ON game_status_schedule (transition_time) WHERE executed = false;
 CREATE INDEX IF NOT EXISTS game_status_schedule_game_id_idx

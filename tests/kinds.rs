@@ -1,6 +1,8 @@
 //! Every kind through the one pipeline: status transitions written by plain
-//! SQL are delivered at their time, never early, once, and never skipped or
-//! expired however late; a mixed backlog goes out in due order across kinds.
+//! SQL or through the games API are delivered at their time, never early,
+//! once, and never skipped or expired however late; the API keeps a game's
+//! transitions in step with it; a mixed backlog goes out in due order across
+//! kinds, also with replicas and a crash.
 
 pub mod common;
 
@@ -8,10 +10,12 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use common::api::{TOKEN, TestApi, in_seconds, json};
 use common::process::{LogTail, Running, free_port, signal, terminate, wait_exit};
 use common::rig::{Rig, WINDOW, take_until_quiet};
 use common::schedule::{backlog, count, sent_at_least, start_daemon, wait_for, wait_for_count};
 use common::{TestBroker, TestDb, WAIT};
+use serde_json::{Value, json};
 use uuid::Uuid;
 
 /// A status transition as written.
@@ -329,4 +333,198 @@ async fn three_replicas_with_one_killed_deliver_a_mixed_backlog_within_the_windo
     for (survivor, log) in &mut replicas[1..] {
         terminate(survivor, log).await;
     }
+}
+
+/// (status, time, state) of each transition a game body shows, in time order.
+fn transitions_of(game: &Value) -> Vec<(String, DateTime<Utc>, String)> {
+    game["status_transitions"]
+        .as_array()
+        .expect("status_transitions")
+        .iter()
+        .map(|t| {
+            (
+                t["target_status"].as_str().unwrap().to_owned(),
+                t["transition_time"].as_str().unwrap().parse().unwrap(),
+                t["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn start_of(game: &Value) -> DateTime<Utc> {
+    game["scheduled_at"].as_str().unwrap().parse().unwrap()
+}
+
+async fn create_game(api: &TestApi, body: Value) -> Value {
+    let (status, body) = json(api.post_json("/games", &body).await).await;
+    assert_eq!(status, 201, "{body}");
+    body
+}
+
+#[tokio::test]
+async fn the_api_schedules_moves_and_clears_a_games_transitions() {
+    let db = TestDb::migrated().await;
+    let api = TestApi::start(&db, Some(TOKEN)).await;
+    let game = create_game(
+        &api,
+        json!({"title": "t", "scheduled_at": in_seconds(7_200), "expected_duration_minutes": 90}),
+    )
+    .await;
+    let start = start_of(&game);
+    let minutes = |m: i64| chrono::Duration::minutes(m);
+    assert_eq!(game["effective_expected_duration_minutes"], 90);
+    assert_eq!(
+        transitions_of(&game),
+        [
+            ("IN_PROGRESS".to_owned(), start, "pending".to_owned()),
+            (
+                "COMPLETED".to_owned(),
+                start + minutes(90),
+                "pending".to_owned()
+            ),
+        ]
+    );
+    let path = format!("/games/{}", game["id"].as_str().unwrap());
+
+    // Moving the game moves both; ids stay (the rows move in place).
+    let ids: Vec<&str> = game["status_transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    let (status, moved) = json(
+        api.patch_json(&path, &json!({"scheduled_at": in_seconds(10_800)}))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{moved}");
+    let new_start = start_of(&moved);
+    assert_eq!(
+        transitions_of(&moved),
+        [
+            ("IN_PROGRESS".to_owned(), new_start, "pending".to_owned()),
+            (
+                "COMPLETED".to_owned(),
+                new_start + minutes(90),
+                "pending".to_owned()
+            ),
+        ]
+    );
+    let moved_ids: Vec<&str> = moved["status_transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(moved_ids, ids);
+
+    // Back to the default duration (60 minutes in the test API).
+    let (status, defaulted) = json(
+        api.patch_json(&path, &json!({"expected_duration_minutes": null}))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{defaulted}");
+    assert_eq!(defaulted["expected_duration_minutes"], Value::Null);
+    assert_eq!(transitions_of(&defaulted)[1].1, new_start + minutes(60));
+
+    let (status, invalid) = json(
+        api.patch_json(&path, &json!({"expected_duration_minutes": 0}))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 422, "{invalid}");
+    assert_eq!(invalid["field"], "expected_duration_minutes");
+
+    let client = db.client().await;
+    assert_eq!(api.delete(&path).await.status(), 204);
+    let left: i64 = client
+        .query_one("SELECT count(*) FROM game_status_schedule", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "deleting the game clears its transitions");
+}
+
+/// The application's own bug: editing a game in progress dropped its
+/// COMPLETED transition. Here the edit moves it and keeps what happened.
+#[tokio::test]
+async fn editing_a_game_in_progress_keeps_its_completed_transition() {
+    let db = TestDb::migrated().await;
+    let api = TestApi::start(&db, Some(TOKEN)).await;
+    let game = create_game(
+        &api,
+        json!({"title": "t", "scheduled_at": in_seconds(7_200)}),
+    )
+    .await;
+    let id: Uuid = game["id"].as_str().unwrap().parse().unwrap();
+    let client = db.client().await;
+    // The game started ten minutes ago and its IN_PROGRESS went out.
+    client
+        .batch_execute(&format!(
+            "UPDATE game_sessions SET scheduled_at = now() - interval '10 minutes' WHERE id = '{id}';
+             UPDATE game_status_schedule SET transition_time = now() - interval '10 minutes',
+                    executed = true, executed_at = now() - interval '10 minutes', outcome = 'published'
+              WHERE game_id = '{id}' AND target_status = 'IN_PROGRESS';
+             UPDATE game_status_schedule SET transition_time = now() + interval '50 minutes'
+              WHERE game_id = '{id}' AND target_status = 'COMPLETED';"
+        ))
+        .await
+        .unwrap();
+    let path = format!("/games/{id}");
+    let (status, renamed) = json(api.patch_json(&path, &json!({"title": "renamed"})).await).await;
+    assert_eq!(status, 200, "{renamed}");
+    let states: Vec<(String, String)> = transitions_of(&renamed)
+        .into_iter()
+        .map(|(target, _, state)| (target, state))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("IN_PROGRESS".to_owned(), "executed".to_owned()),
+            ("COMPLETED".to_owned(), "pending".to_owned()),
+        ]
+    );
+    let (status, longer) = json(
+        api.patch_json(&path, &json!({"expected_duration_minutes": 120}))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{longer}");
+    let transitions = transitions_of(&longer);
+    assert_eq!(transitions[1].0, "COMPLETED");
+    assert_eq!(transitions[1].2, "pending", "still pending, never dropped");
+    assert_eq!(
+        transitions[1].1,
+        start_of(&longer) + chrono::Duration::minutes(120)
+    );
+}
+
+#[tokio::test]
+async fn a_game_created_through_the_api_goes_in_progress_at_its_start() {
+    let (db, broker) = (TestDb::migrated().await, TestBroker::new().await);
+    let mut consumer = broker.consumer().await;
+    let daemon = start_daemon(&db, &broker, &[]).await;
+    let api = TestApi::start(&db, Some(TOKEN)).await;
+    let game = create_game(
+        &api,
+        json!({"title": "soon", "scheduled_at": in_seconds(2), "reminder_minutes": []}),
+    )
+    .await;
+    let start = start_of(&game);
+    let message = consumer
+        .next_within(WAIT)
+        .await
+        .expect("the IN_PROGRESS transition arrives");
+    assert_eq!(message.body["event_type"], "game.status_transition_due");
+    assert_eq!(message.body["data"]["target_status"], "IN_PROGRESS");
+    assert_eq!(message.body["data"]["game_id"], game["id"]);
+    assert!(message.received_at >= start, "never before the start");
+    assert_eq!(
+        message.message_id,
+        game["status_transitions"][0]["id"].as_str().unwrap()
+    );
+    consumer.assert_quiet(Duration::from_millis(300)).await;
+    daemon.shutdown().await;
 }

@@ -144,7 +144,13 @@ async fn a_delivered_reminder_is_traced_from_request_to_message_and_measured() {
             })
         })
         .unwrap_or_else(|| panic!("a delivery batch links to the request: {batches:#?}"));
-    assert_eq!(batch.attribute("batch.size").as_deref(), Some("1"));
+    // The reminder and the game's IN_PROGRESS transition are both due at the
+    // start: one batch of two kinds.
+    assert_eq!(batch.attribute("batch.size").as_deref(), Some("2"));
+    assert_eq!(
+        batch.attribute("kind").as_deref(),
+        Some("reminder,status_transition")
+    );
     assert!(batch.attribute("lateness.oldest_ms").is_some());
     let children: Vec<&str> = spans
         .iter()
@@ -176,6 +182,7 @@ async fn a_delivered_reminder_is_traced_from_request_to_message_and_measured() {
             .any(|span| span.span.name == "claim" && span.span.parent_span_id == round.span.span_id)
     );
 
+    // Sent: the reminder and the IN_PROGRESS transition, one of each kind.
     assert_eq!(
         sum_of(
             &receiver,
@@ -183,18 +190,25 @@ async fn a_delivered_reminder_is_traced_from_request_to_message_and_measured() {
             "outcome",
             "sent"
         ),
-        1
+        2
     );
+    for kind in ["reminder", "status_transition"] {
+        assert_eq!(
+            sum_of(&receiver, "notification_scheduler.reminders", "kind", kind),
+            1,
+            "{kind}"
+        );
+    }
     let (late_count, late_sum_ms) =
         histogram_of(&receiver, "notification_scheduler.reminder.lateness");
-    assert_eq!(late_count, 1);
+    assert_eq!(late_count, 2);
     assert!(
-        (0.0..5_000.0).contains(&late_sum_ms),
+        (0.0..10_000.0).contains(&late_sum_ms),
         "plausible lateness: {late_sum_ms} ms"
     );
     assert_eq!(
         histogram_of(&receiver, "notification_scheduler.batch.size"),
-        (1, 1.0)
+        (1, 2.0)
     );
     assert!(
         !receiver

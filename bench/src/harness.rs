@@ -12,6 +12,7 @@ use uuid::Uuid;
 use notification_scheduler::broker::consumer::{QueueKind, Received, ReminderConsumer};
 use notification_scheduler::config::{BrokerUrl, DatabaseUrl};
 use notification_scheduler::db;
+use notification_scheduler::kinds::status_transition;
 
 /// Routing key of reminder messages (the daemon's default).
 pub const ROUTING_KEY: &str = "game.reminder_due";
@@ -27,6 +28,9 @@ pub struct BenchEnv {
     pub client: tokio_postgres::Client,
     /// The `notification-scheduler` binary run as the daemon.
     pub daemon_binary: PathBuf,
+    /// Every other row the scenarios write is a status transition instead of
+    /// a reminder.
+    pub mixed_kinds: bool,
 }
 
 impl BenchEnv {
@@ -35,6 +39,7 @@ impl BenchEnv {
         server: &DatabaseUrl,
         broker: &BrokerUrl,
         daemon_binary: PathBuf,
+        mixed_kinds: bool,
     ) -> anyhow::Result<Self> {
         let id = Uuid::new_v4().simple().to_string();
         let database = format!("bench_{}", &id[..12]);
@@ -56,6 +61,7 @@ impl BenchEnv {
             queue: format!("bench.{}", &id[..12]),
             client,
             daemon_binary,
+            mixed_kinds,
         })
     }
 
@@ -64,7 +70,7 @@ impl BenchEnv {
         Ok(ReminderConsumer::bind(
             &self.broker,
             &self.exchange,
-            &[ROUTING_KEY],
+            &[ROUTING_KEY, status_transition::KIND.default_routing_key],
             QueueKind::Durable(self.queue.clone()),
             u16::MAX,
         )
@@ -93,7 +99,8 @@ impl BenchEnv {
         let rows = self
             .client
             .query(
-                "SELECT id, notification_time FROM notification_schedule WHERE NOT sent",
+                "SELECT id, notification_time FROM notification_schedule WHERE NOT sent \
+                 UNION ALL SELECT id, transition_time FROM game_status_schedule WHERE NOT executed",
                 &[],
             )
             .await?;

@@ -98,6 +98,11 @@ pub struct BenchArgs {
     #[arg(long)]
     pub quick: bool,
 
+    /// Make every other row of the lateness and backlog scenarios a game
+    /// status transition instead of a reminder (two kinds in one pipeline).
+    #[arg(long)]
+    pub mixed_kinds: bool,
+
     /// Where to write the JSON report.
     #[arg(long, default_value = "bench-results/bench.json")]
     pub output: PathBuf,
@@ -158,7 +163,13 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
          notification-scheduler) or name it with --daemon-binary",
         daemon_binary.display()
     );
-    let env = BenchEnv::create(&args.database_url, &args.rabbitmq_url, daemon_binary).await?;
+    let env = BenchEnv::create(
+        &args.database_url,
+        &args.rabbitmq_url,
+        daemon_binary,
+        args.mixed_kinds,
+    )
+    .await?;
     let result = run_scenarios(&args, &env).await;
     env.remove().await;
     let report = result?;
@@ -194,11 +205,19 @@ async fn run_scenarios(args: &BenchArgs, env: &BenchEnv) -> anyhow::Result<Repor
         floors: Vec::new(),
     };
     let (count, spread) = (args.lateness_reminders, args.lateness_spread);
+    let label = |what: &'static str| {
+        if args.mixed_kinds {
+            "mixed kinds"
+        } else {
+            what
+        }
+    };
     if args.scenarios.contains(&Scenario::Lateness) {
         eprintln!("[bench] lateness: {count} reminders over {spread:?}");
-        report
-            .lateness
-            .push(scenarios::lateness(env, "empty table", count, spread, lead, daemon_args).await?);
+        report.lateness.push(
+            scenarios::lateness(env, label("empty table"), count, spread, lead, daemon_args)
+                .await?,
+        );
     }
     if args.scenarios.contains(&Scenario::Backlog) {
         // The machine is shared and noisy: alternate the broker's own rate and

@@ -255,6 +255,9 @@ async fn settle_table(env: &BenchEnv) -> anyhow::Result<()> {
     env.client
         .batch_execute("VACUUM ANALYZE notification_schedule")
         .await?;
+    env.client
+        .batch_execute("VACUUM ANALYZE game_status_schedule")
+        .await?;
     env.client.batch_execute("CHECKPOINT").await?;
     Ok(())
 }
@@ -271,6 +274,8 @@ pub async fn mark_future_rows_sent(env: &BenchEnv) -> anyhow::Result<()> {
     settle_table(env).await
 }
 
+/// Rows 0..count-1 spread evenly over `spread` after `lead`, one game each;
+/// with mixed kinds the odd rows are status transitions.
 async fn insert_spread(
     env: &BenchEnv,
     count: u64,
@@ -279,37 +284,84 @@ async fn insert_spread(
 ) -> anyhow::Result<HashMap<Uuid, DateTime<Utc>>> {
     let count = count as i64;
     let (lead_ms, spread_ms) = (lead.as_millis() as f64, spread.as_millis() as f64);
-    let rows = env
+    let step: i64 = if env.mixed_kinds { 2 } else { 1 };
+    let mut expected: HashMap<Uuid, DateTime<Utc>> = HashMap::new();
+    let reminders = env
         .client
         .query(
             "WITH games AS (
                  INSERT INTO game_sessions (title, scheduled_at)
-                 SELECT 'lateness', now() + interval '1 day' FROM generate_series(1, $1::bigint)
+                 SELECT 'lateness', now() + interval '1 day' FROM generate_series(0, $1::bigint - 1, $4)
                  RETURNING id, scheduled_at),
-             numbered AS (SELECT id, scheduled_at, row_number() OVER () - 1 AS n FROM games)
+             numbered AS (SELECT id, scheduled_at, (row_number() OVER () - 1) * $4 AS n FROM games)
              INSERT INTO notification_schedule (game_id, reminder_minutes, notification_time, game_scheduled_at)
              SELECT id, 60, now() + ($2::float8 + n * $3::float8 / $1::bigint) * interval '1 ms', scheduled_at
                FROM numbered
              RETURNING id, notification_time",
-            &[&count, &lead_ms, &spread_ms],
+            &[&count, &lead_ms, &spread_ms, &step],
         )
         .await?;
-    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+    expected.extend(
+        reminders
+            .iter()
+            .map(|row| (row.get::<_, Uuid>(0), row.get(1))),
+    );
+    if env.mixed_kinds {
+        let transitions = env
+            .client
+            .query(
+                "WITH games AS (
+                     INSERT INTO game_sessions (title, scheduled_at)
+                     SELECT 'lateness', now() FROM generate_series(1, $1::bigint - 1, 2)
+                     RETURNING id),
+                 numbered AS (SELECT id, (row_number() OVER () - 1) * 2 + 1 AS n FROM games)
+                 INSERT INTO game_status_schedule (game_id, target_status, transition_time)
+                 SELECT id, 'IN_PROGRESS', now() + ($2::float8 + n * $3::float8 / $1::bigint) * interval '1 ms'
+                   FROM numbered
+                 RETURNING id, transition_time",
+                &[&count, &lead_ms, &spread_ms],
+            )
+            .await?;
+        expected.extend(
+            transitions
+                .iter()
+                .map(|row| (row.get::<_, Uuid>(0), row.get(1))),
+        );
+    }
+    Ok(expected)
 }
 
+/// `count` overdue rows, one game each, 1 ms apart; with mixed kinds the odd
+/// rows are status transitions.
 async fn insert_overdue(env: &BenchEnv, count: u64) -> anyhow::Result<()> {
+    let count = count as i64;
+    let step: i64 = if env.mixed_kinds { 2 } else { 1 };
     env.client
         .execute(
             "WITH games AS (
                  INSERT INTO game_sessions (title, scheduled_at)
-                 SELECT 'backlog', now() + interval '1 hour' FROM generate_series(1, $1::bigint)
+                 SELECT 'backlog', now() + interval '1 hour' FROM generate_series(0, $1::bigint - 1, $2)
                  RETURNING id, scheduled_at)
              INSERT INTO notification_schedule (game_id, reminder_minutes, notification_time, game_scheduled_at)
-             SELECT id, 60, now() - interval '1 minute' - row_number() OVER () * interval '1 ms', scheduled_at
+             SELECT id, 60, now() - interval '1 minute' - (row_number() OVER () - 1) * $2 * interval '1 ms', scheduled_at
                FROM games",
-            &[&(count as i64)],
+            &[&count, &step],
         )
         .await?;
+    if env.mixed_kinds {
+        env.client
+            .execute(
+                "WITH games AS (
+                     INSERT INTO game_sessions (title, scheduled_at)
+                     SELECT 'backlog', now() FROM generate_series(1, $1::bigint - 1, 2)
+                     RETURNING id)
+                 INSERT INTO game_status_schedule (game_id, target_status, transition_time)
+                 SELECT id, 'IN_PROGRESS', now() - interval '1 minute' - ((row_number() OVER () - 1) * 2 + 1) * interval '1 ms'
+                   FROM games",
+                &[&count],
+            )
+            .await?;
+    }
     Ok(())
 }
 

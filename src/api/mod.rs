@@ -27,6 +27,8 @@ pub use state::ApiState;
 
 use crate::config::ApiArgs;
 use crate::db::{self, migrate};
+use crate::games::Defaults;
+use crate::games::schedule::transitions::TransitionSettings;
 use crate::shutdown;
 
 /// Runs the API until a shutdown signal, then lets requests in progress finish
@@ -54,7 +56,16 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
     let state = ApiState {
         pool: db::pool(url, args.pool_size, args.database.database_connect_timeout),
         database_url: url.clone(),
-        default_minutes: Arc::from(args.default_reminder_minutes.0.as_slice()),
+        defaults: Defaults {
+            reminder_minutes: Arc::from(args.default_reminder_minutes.0.as_slice()),
+            transitions: TransitionSettings {
+                default_duration_minutes: i32::try_from(args.default_expected_duration_minutes)
+                    .expect("the setting is bounded to a week of minutes"),
+                archive_delay: args.archive_delay.map(|delay| {
+                    chrono::Duration::from_std(delay).expect("the setting is bounded")
+                }),
+            },
+        },
     };
     let listener = tokio::net::TcpListener::bind(args.api_addr)
         .await

@@ -12,13 +12,13 @@ use uuid::Uuid;
 use super::bodies::{JsonBody, PathId, QueryParams};
 use super::error::{ApiError, ErrorBody};
 use super::state::ApiState;
-use crate::games::{self, Game, GameChanges, GameFilter, NewGame, ReminderRow};
+use crate::games::{self, Game, GameChanges, GameFilter, GameSchedule, NewGame};
 
 /// Longest title, in characters.
 const MAX_TITLE_CHARS: usize = 200;
 /// Most reminders per game.
 const MAX_REMINDERS: usize = 10;
-/// Largest reminder offset: one week, in minutes.
+/// Largest reminder offset and longest expected duration: one week, in minutes.
 const MAX_REMINDER_MINUTES: i64 = 10_080;
 
 /// A game to create.
@@ -34,6 +34,11 @@ pub struct CreateGame {
     /// configured default when absent or null.
     #[serde(default)]
     pub reminder_minutes: Option<Vec<i64>>,
+    /// How long the game is expected to last (1 to 10080 minutes): its
+    /// COMPLETED status transition is due then. The configured default when
+    /// absent or null.
+    #[serde(default)]
+    pub expected_duration_minutes: Option<i64>,
 }
 
 /// Changes to a game: any of its fields.
@@ -50,6 +55,10 @@ pub struct UpdateGame {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<Vec<i64>>)]
     pub reminder_minutes: Option<Option<Vec<i64>>>,
+    /// `null` returns the game to the configured default duration.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>)]
+    pub expected_duration_minutes: Option<Option<i64>>,
 }
 
 /// Distinguishes a field sent as `null` (`Some(None)`) from an absent one (`None`).
@@ -86,6 +95,27 @@ pub struct ReminderBody {
     pub skipped: bool,
 }
 
+/// One status transition of a game.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TransitionBody {
+    /// The schedule row (and message) id.
+    pub id: Uuid,
+    /// IN_PROGRESS, COMPLETED or ARCHIVED.
+    pub target_status: String,
+    pub transition_time: DateTime<Utc>,
+    /// `pending` or `executed` (published to the broker).
+    pub status: TransitionStatus,
+    pub executed_at: Option<DateTime<Utc>>,
+}
+
+/// What happened, or will happen, to one status transition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TransitionStatus {
+    Pending,
+    Executed,
+}
+
 /// A game with its schedule.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct GameBody {
@@ -96,10 +126,16 @@ pub struct GameBody {
     pub reminder_minutes: Option<Vec<i32>>,
     /// The minutes in effect.
     pub effective_reminder_minutes: Vec<i32>,
+    /// The game's own expected duration; null means the configured default applies.
+    pub expected_duration_minutes: Option<i32>,
+    /// The expected duration in effect.
+    pub effective_expected_duration_minutes: i32,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     /// Every reminder, in time order.
     pub reminders: Vec<ReminderBody>,
+    /// Every status transition, in time order.
+    pub status_transitions: Vec<TransitionBody>,
 }
 
 /// A game without its schedule.
@@ -211,6 +247,20 @@ fn validate_minutes(minutes: &[i64]) -> Result<Vec<i32>, ApiError> {
     Ok(valid)
 }
 
+fn validate_duration(minutes: i64) -> Result<i32, ApiError> {
+    if (1..=MAX_REMINDER_MINUTES).contains(&minutes) {
+        Ok(minutes as i32)
+    } else {
+        Err(ApiError::invalid(
+            "invalid_expected_duration_minutes",
+            "expected_duration_minutes",
+            format!(
+                "{minutes} is out of range; the expected duration must be 1 to {MAX_REMINDER_MINUTES} minutes"
+            ),
+        ))
+    }
+}
+
 /// The W3C trace context stored with new reminders: the request's own span
 /// (a child of the caller's `traceparent`), or the caller's header as given
 /// when no tracing layer is installed.
@@ -224,9 +274,26 @@ fn traceparent(headers: &HeaderMap) -> Option<String> {
     })
 }
 
-fn game_body(game: Game, rows: Vec<ReminderRow>, defaults: &[i32]) -> GameBody {
-    let effective = games::effective(&game, defaults).to_vec();
-    let mut reminders: Vec<ReminderBody> = rows
+fn game_body(game: Game, schedule: GameSchedule, defaults: &games::Defaults) -> GameBody {
+    let effective = games::effective(&game, &defaults.reminder_minutes).to_vec();
+    let effective_duration = games::duration(&game, defaults);
+    let status_transitions = schedule
+        .transitions
+        .into_iter()
+        .map(|row| TransitionBody {
+            id: row.id,
+            target_status: row.target_status,
+            transition_time: row.transition_time,
+            status: if row.executed {
+                TransitionStatus::Executed
+            } else {
+                TransitionStatus::Pending
+            },
+            executed_at: row.executed_at,
+        })
+        .collect();
+    let mut reminders: Vec<ReminderBody> = schedule
+        .reminders
         .into_iter()
         .map(|row| {
             let status = match (row.sent, row.outcome.as_deref()) {
@@ -265,9 +332,12 @@ fn game_body(game: Game, rows: Vec<ReminderRow>, defaults: &[i32]) -> GameBody {
         scheduled_at: game.scheduled_at,
         reminder_minutes: game.reminder_minutes,
         effective_reminder_minutes: effective,
+        expected_duration_minutes: game.expected_duration_minutes,
+        effective_expected_duration_minutes: effective_duration,
         created_at: game.created_at,
         updated_at: game.updated_at,
         reminders,
+        status_transitions,
     }
 }
 
@@ -285,14 +355,14 @@ fn summary(game: Game) -> GameSummary {
 /// Reads a game and its schedule after a write.
 async fn read_back(state: &ApiState, id: Uuid) -> Result<GameBody, ApiError> {
     let client = state.connection().await?;
-    let (game, rows) = games::get(&client, id)
+    let (game, schedule) = games::get(&client, id)
         .await
         .map_err(|err| ApiError::internal(&err))?
         .ok_or_else(|| ApiError::not_found("game"))?;
-    Ok(game_body(game, rows, &state.default_minutes))
+    Ok(game_body(game, schedule, &state.defaults))
 }
 
-/// Create a game and schedule its reminders.
+/// Create a game and schedule its reminders and status transitions.
 #[utoipa::path(
     post, path = "/games", tag = "games", request_body = CreateGame,
     responses(
@@ -316,12 +386,16 @@ pub async fn create_game(
             .as_deref()
             .map(validate_minutes)
             .transpose()?,
+        expected_duration_minutes: request
+            .expected_duration_minutes
+            .map(validate_duration)
+            .transpose()?,
     };
     let mut client = state.connection().await?;
     let (game, _) = games::create(
         &mut client,
         &new,
-        &state.default_minutes,
+        &state.defaults,
         traceparent(&headers).as_deref(),
     )
     .await
@@ -451,7 +525,8 @@ fn decode_cursor(raw: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
     Ok((time, id.parse().map_err(|_| invalid())?))
 }
 
-/// Change a game's title, start or reminder minutes; its schedule follows.
+/// Change a game's title, start, reminder minutes or expected duration; its
+/// schedule follows (pending status transitions move, none is dropped).
 #[utoipa::path(
     patch, path = "/games/{id}", tag = "games", request_body = UpdateGame,
     params(("id" = Uuid, Path, description = "Game id")),
@@ -485,15 +560,20 @@ pub async fn update_game(
             .reminder_minutes
             .map(|minutes| minutes.as_deref().map(validate_minutes).transpose())
             .transpose()?,
+        expected_duration_minutes: request
+            .expected_duration_minutes
+            .map(|duration| duration.map(validate_duration).transpose())
+            .transpose()?,
     };
     if changes.title.is_none()
         && changes.scheduled_at.is_none()
         && changes.reminder_minutes.is_none()
+        && changes.expected_duration_minutes.is_none()
     {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "nothing_to_change",
-            "expected at least one of title, scheduled_at, reminder_minutes",
+            "expected at least one of title, scheduled_at, reminder_minutes, expected_duration_minutes",
         ));
     }
     let mut client = state.connection().await?;
@@ -501,7 +581,7 @@ pub async fn update_game(
         &mut client,
         id,
         &changes,
-        &state.default_minutes,
+        &state.defaults,
         traceparent(&headers).as_deref(),
     )
     .await

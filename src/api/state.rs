@@ -1,19 +1,18 @@
 //! What every handler of the games API shares.
 
-use std::sync::Arc;
-
 use deadpool_postgres::{Object, Pool};
 
 use super::error::ApiError;
 use crate::config::DatabaseUrl;
+use crate::games::Defaults;
 
 /// What every handler needs.
 #[derive(Clone)]
 pub struct ApiState {
     pub pool: Pool,
     pub database_url: DatabaseUrl,
-    /// Minutes for games that have none of their own.
-    pub default_minutes: Arc<[i32]>,
+    /// How games are scheduled when they do not say.
+    pub defaults: Defaults,
 }
 
 impl ApiState {

@@ -261,6 +261,16 @@ pub struct ApiArgs {
     #[arg(long, env = "DEFAULT_REMINDER_MINUTES", default_value = "60,15", value_parser = parse::reminder_minutes)]
     pub default_reminder_minutes: parse::ReminderMinutes,
 
+    /// Expected duration, in minutes, of games that do not set their own: their
+    /// COMPLETED status transition is due that long after the start.
+    #[arg(long, env = "DEFAULT_EXPECTED_DURATION_MINUTES", default_value = "60", value_parser = parse::bounded_integer(1, 10_080))]
+    pub default_expected_duration_minutes: usize,
+
+    /// When set, games also get an ARCHIVED status transition this long after
+    /// COMPLETED (e.g. 24h).
+    #[arg(long, env = "ARCHIVE_DELAY", value_parser = parse::positive_duration)]
+    pub archive_delay: Option<Duration>,
+
     /// Database connections the API may hold.
     #[arg(long, env = "DATABASE_POOL_SIZE", default_value = "10", value_parser = parse::bounded_integer(1, 1_000))]
     pub pool_size: usize,

@@ -9,6 +9,7 @@ use deadpool_postgres::Object;
 use tokio_postgres::Row;
 use uuid::Uuid;
 
+use schedule::transitions::{self, TransitionSettings};
 use schedule::{GameTime, ScheduleError, ScheduleResult};
 
 /// A failed game operation.
@@ -36,11 +37,14 @@ pub struct Game {
     pub scheduled_at: DateTime<Utc>,
     /// `None`: the configured default minutes apply.
     pub reminder_minutes: Option<Vec<i32>>,
+    /// `None`: the configured default duration applies.
+    pub expected_duration_minutes: Option<i32>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
-const GAME_COLUMNS: &str = "id, title, scheduled_at, reminder_minutes, created_at, updated_at";
+const GAME_COLUMNS: &str =
+    "id, title, scheduled_at, reminder_minutes, created_at, updated_at, expected_duration_minutes";
 
 fn game_from_row(row: &Row) -> Game {
     Game {
@@ -50,7 +54,33 @@ fn game_from_row(row: &Row) -> Game {
         reminder_minutes: row.get(3),
         created_at: row.get(4),
         updated_at: row.get(5),
+        expected_duration_minutes: row.get(6),
     }
+}
+
+/// A status transition row of a game.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransitionRow {
+    pub id: Uuid,
+    pub target_status: String,
+    pub transition_time: DateTime<Utc>,
+    pub executed: bool,
+    pub executed_at: Option<DateTime<Utc>>,
+}
+
+/// What the schedule tables hold for one game.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GameSchedule {
+    pub reminders: Vec<ReminderRow>,
+    pub transitions: Vec<TransitionRow>,
+}
+
+/// How games are scheduled when they do not say: default reminder minutes
+/// and the transition settings.
+#[derive(Debug, Clone)]
+pub struct Defaults {
+    pub reminder_minutes: std::sync::Arc<[i32]>,
+    pub transitions: TransitionSettings,
 }
 
 /// A reminder row of a game.
@@ -80,6 +110,7 @@ pub struct NewGame {
     pub title: String,
     pub scheduled_at: DateTime<Utc>,
     pub reminder_minutes: Option<Vec<i32>>,
+    pub expected_duration_minutes: Option<i32>,
 }
 
 /// Changes to a game; `None` leaves a field as it is.
@@ -89,6 +120,8 @@ pub struct GameChanges {
     pub scheduled_at: Option<DateTime<Utc>>,
     /// `Some(None)` returns the game to the configured default minutes.
     pub reminder_minutes: Option<Option<Vec<i32>>>,
+    /// `Some(None)` returns the game to the configured default duration.
+    pub expected_duration_minutes: Option<Option<i32>>,
 }
 
 /// Which games to list: scheduled in `[from, to)`, after the cursor, in
@@ -101,11 +134,12 @@ pub struct GameFilter {
     pub limit: i64,
 }
 
-/// Creates a game and its schedule. Minutes come from the game, else `defaults`.
+/// Creates a game and its schedule: its reminders (minutes from the game,
+/// else the defaults) and its status transitions.
 pub async fn create(
     client: &mut Object,
     game: &NewGame,
-    defaults: &[i32],
+    defaults: &Defaults,
     traceparent: Option<&str>,
 ) -> Result<(Game, ScheduleResult), GameError> {
     let tx = client
@@ -115,22 +149,35 @@ pub async fn create(
     let row = tx
         .query_one(
             &format!(
-                "INSERT INTO game_sessions (title, scheduled_at, reminder_minutes) \
-                 VALUES ($1, $2, $3) RETURNING {GAME_COLUMNS}"
+                "INSERT INTO game_sessions (title, scheduled_at, reminder_minutes, expected_duration_minutes) \
+                 VALUES ($1, $2, $3, $4) RETURNING {GAME_COLUMNS}"
             ),
-            &[&game.title, &game.scheduled_at, &game.reminder_minutes],
+            &[
+                &game.title,
+                &game.scheduled_at,
+                &game.reminder_minutes,
+                &game.expected_duration_minutes,
+            ],
         )
         .await
         .map_err(failed("creating the game"))?;
     let created = game_from_row(&row);
-    let minutes = created.reminder_minutes.as_deref().unwrap_or(defaults);
+    let minutes = effective(&created, &defaults.reminder_minutes);
     let result = schedule::populate(&tx, game_time(&created), minutes, traceparent).await?;
+    transitions::sync(
+        &tx,
+        game_time(&created),
+        duration(&created, defaults),
+        defaults.transitions,
+        traceparent,
+    )
+    .await?;
     tx.commit().await.map_err(failed("committing the game"))?;
     Ok((created, result))
 }
 
-/// A game and its reminder rows, if it exists.
-pub async fn get(client: &Object, id: Uuid) -> Result<Option<(Game, Vec<ReminderRow>)>, GameError> {
+/// A game and its schedule rows, if it exists.
+pub async fn get(client: &Object, id: Uuid) -> Result<Option<(Game, GameSchedule)>, GameError> {
     let Some(row) = client
         .query_opt(
             &format!("SELECT {GAME_COLUMNS} FROM game_sessions WHERE id = $1"),
@@ -141,8 +188,34 @@ pub async fn get(client: &Object, id: Uuid) -> Result<Option<(Game, Vec<Reminder
     else {
         return Ok(None);
     };
-    let reminders = reminders(client, id).await?;
-    Ok(Some((game_from_row(&row), reminders)))
+    let schedule = GameSchedule {
+        reminders: reminders(client, id).await?,
+        transitions: status_transitions(client, id).await?,
+    };
+    Ok(Some((game_from_row(&row), schedule)))
+}
+
+async fn status_transitions(
+    client: &Object,
+    game_id: Uuid,
+) -> Result<Vec<TransitionRow>, GameError> {
+    Ok(client
+        .query(
+            "SELECT id, target_status, transition_time, executed, executed_at \
+               FROM game_status_schedule WHERE game_id = $1 ORDER BY transition_time",
+            &[&game_id],
+        )
+        .await
+        .map_err(failed("reading the game's status transitions"))?
+        .iter()
+        .map(|row| TransitionRow {
+            id: row.get(0),
+            target_status: row.get(1),
+            transition_time: row.get(2),
+            executed: row.get(3),
+            executed_at: row.get(4),
+        })
+        .collect())
 }
 
 async fn reminders(client: &Object, game_id: Uuid) -> Result<Vec<ReminderRow>, GameError> {
@@ -199,7 +272,7 @@ pub async fn update(
     client: &mut Object,
     id: Uuid,
     changes: &GameChanges,
-    defaults: &[i32],
+    defaults: &Defaults,
     traceparent: Option<&str>,
 ) -> Result<Option<(Game, ScheduleResult)>, GameError> {
     let tx = client
@@ -221,11 +294,14 @@ pub async fn update(
         Some(minutes) => minutes.clone(),
         None => before.reminder_minutes.clone(),
     };
+    let expected_duration = changes
+        .expected_duration_minutes
+        .unwrap_or(before.expected_duration_minutes);
     let row = tx
         .query_one(
             &format!(
                 "UPDATE game_sessions SET title = $2, scheduled_at = $3, reminder_minutes = $4, \
-                        updated_at = now() \
+                        expected_duration_minutes = $5, updated_at = now() \
                   WHERE id = $1 RETURNING {GAME_COLUMNS}"
             ),
             &[
@@ -233,19 +309,30 @@ pub async fn update(
                 changes.title.as_ref().unwrap_or(&before.title),
                 &changes.scheduled_at.unwrap_or(before.scheduled_at),
                 &minutes,
+                &expected_duration,
             ],
         )
         .await
         .map_err(failed("updating the game"))?;
     let after = game_from_row(&row);
-    let schedule_changed = after.scheduled_at != before.scheduled_at
-        || effective(&after, defaults) != effective(&before, defaults);
-    let result = if schedule_changed {
-        let minutes = effective(&after, defaults);
+    let moved = after.scheduled_at != before.scheduled_at;
+    let reminders = &defaults.reminder_minutes;
+    let result = if moved || effective(&after, reminders) != effective(&before, reminders) {
+        let minutes = effective(&after, reminders);
         schedule::update(&tx, game_time(&after), minutes, traceparent).await?
     } else {
         ScheduleResult::default()
     };
+    if moved || duration(&after, defaults) != duration(&before, defaults) {
+        transitions::sync(
+            &tx,
+            game_time(&after),
+            duration(&after, defaults),
+            defaults.transitions,
+            traceparent,
+        )
+        .await?;
+    }
     tx.commit().await.map_err(failed("committing the game"))?;
     Ok(Some((after, result)))
 }
@@ -292,6 +379,12 @@ pub async fn upcoming(client: &Object, limit: i64) -> Result<Vec<UpcomingReminde
 /// The minutes that apply to a game: its own, else the defaults.
 pub fn effective<'a>(game: &'a Game, defaults: &'a [i32]) -> &'a [i32] {
     game.reminder_minutes.as_deref().unwrap_or(defaults)
+}
+
+/// The expected duration that applies to a game: its own, else the default.
+pub fn duration(game: &Game, defaults: &Defaults) -> i32 {
+    game.expected_duration_minutes
+        .unwrap_or(defaults.transitions.default_duration_minutes)
 }
 
 fn game_time(game: &Game) -> GameTime {

@@ -4,6 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use notification_scheduler::api::{self, ApiState, BearerToken};
+use notification_scheduler::games::Defaults;
+use notification_scheduler::games::schedule::transitions::TransitionSettings;
 use reqwest::{Client, RequestBuilder, Response};
 use serde_json::Value;
 
@@ -24,7 +26,13 @@ impl TestApi {
         let state = ApiState {
             pool: notification_scheduler::db::pool(&url, 4, Duration::from_secs(5)),
             database_url: url,
-            default_minutes: Arc::from([60, 15].as_slice()),
+            defaults: Defaults {
+                reminder_minutes: Arc::from([60, 15].as_slice()),
+                transitions: TransitionSettings {
+                    default_duration_minutes: 60,
+                    archive_delay: None,
+                },
+            },
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

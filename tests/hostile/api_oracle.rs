@@ -173,7 +173,29 @@ pub(super) fn typed_minutes(value: Option<&Value>) -> Result<Option<Vec<i64>>, (
     }
 }
 
-pub(super) const GAME_FIELDS: [&str; 3] = ["title", "scheduled_at", "reminder_minutes"];
+pub(super) const GAME_FIELDS: [&str; 4] = [
+    "title",
+    "scheduled_at",
+    "reminder_minutes",
+    "expected_duration_minutes",
+];
+
+/// `expected_duration_minutes` as JSON: absent or null (the default), or a
+/// whole number; anything else is the wrong type.
+fn typed_duration(value: Option<&Value>) -> Result<Option<i64>, ()> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => value.as_i64().map(Some).ok_or(()),
+    }
+}
+
+/// An expected duration: 1 minute to a week.
+fn judge_duration(minutes: Option<i64>) -> Verdict {
+    match minutes {
+        Some(minutes) if !(1..=MINUTES_MAX).contains(&minutes) => Verdict::Invalid(422),
+        _ => Verdict::Valid,
+    }
+}
 
 /// The body's fields, if it is an object of documented fields only.
 fn game_fields(body: &Value) -> Option<&Map<String, Value>> {
@@ -198,10 +220,14 @@ pub(super) fn judge_create(body: &Value, now: DateTime<Utc>) -> Verdict {
     let Ok(minutes) = typed_minutes(fields.get("reminder_minutes")) else {
         return Verdict::Invalid(400);
     };
+    let Ok(duration) = typed_duration(fields.get("expected_duration_minutes")) else {
+        return Verdict::Invalid(400);
+    };
     worst([
         judge_title(title),
         judge_start(start, now),
         minutes.map_or(Verdict::Valid, |m| judge_minutes(&m)),
+        judge_duration(duration),
     ])
 }
 
@@ -223,6 +249,9 @@ pub(super) fn judge_update(body: &Value, now: DateTime<Utc>) -> Verdict {
     let Ok(minutes) = typed_minutes(fields.get("reminder_minutes")) else {
         return Verdict::Invalid(400);
     };
+    let Ok(duration) = typed_duration(fields.get("expected_duration_minutes")) else {
+        return Verdict::Invalid(400);
+    };
     if fields.is_empty() {
         return Verdict::Invalid(422);
     }
@@ -238,6 +267,7 @@ pub(super) fn judge_update(body: &Value, now: DateTime<Utc>) -> Verdict {
             Some(Some(start)) => judge_start(start, now),
         },
         minutes.map_or(Verdict::Valid, |m| judge_minutes(&m)),
+        judge_duration(duration),
     ])
 }
 

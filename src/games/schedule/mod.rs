@@ -1,4 +1,5 @@
-//! Schedule management: keeps a game's `notification_schedule` rows in step
+//! Schedule management: keeps a game's `notification_schedule` rows (its
+//! reminders, here) and `game_status_schedule` rows ([`transitions`]) in step
 //! with the game. Every function takes the transaction that writes the game,
 //! so a game and its schedule never disagree, even if the process dies
 //! between two statements.
@@ -6,6 +7,7 @@
 //! Other Rust applications can use this module directly; the games API does.
 
 pub mod plan;
+pub mod transitions;
 
 use chrono::{DateTime, Utc};
 use tokio_postgres::Transaction;
