@@ -12,7 +12,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use common::api::{TOKEN, TestApi, in_seconds, json};
 use common::process::{LogTail, Running, free_port, signal, terminate, wait_exit};
-use common::rig::{Rig, WINDOW, take_until_quiet};
+use common::rig::{Rig, WINDOW, drain_settings, take_until_quiet};
 use common::schedule::{backlog, count, sent_at_least, start_daemon, wait_for, wait_for_count};
 use common::{TestBroker, TestDb, WAIT};
 use serde_json::{Value, json};
@@ -252,32 +252,14 @@ async fn every_pending(
     expected
 }
 
-/// Three replicas share a backlog of both kinds; one is killed (-9) midway.
-/// The other two finish it: every row of every kind arrives, none early,
-/// each with its kind's event type, repeats only within the killed
-/// replica's batches in flight, and every row ends recorded as done.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_replicas_with_one_killed_deliver_a_mixed_backlog_within_the_window() {
-    const ROWS: i64 = 5_000;
-    let mut rig = Rig::new().await;
-    backlog(&rig.client, ROWS).await;
-    transition_backlog(&rig.client, ROWS).await;
-    let expected = every_pending(&rig.client).await;
-    assert_eq!(expected.len(), 2 * ROWS as usize);
-    let settings = ["--batch-size", "100", "--max-in-flight-batches", "4"];
-    let mut replicas: Vec<(Running, LogTail)> = (0..3)
-        .map(|_| rig.spawn_daemon(free_port(), &settings))
-        .collect();
-
-    sent_at_least(&rig.client, ROWS / 4).await;
-    let (victim, victim_log) = &mut replicas[0];
-    signal(&victim.0, "KILL");
-    assert_eq!(wait_exit(&mut victim.0).await.code(), None, "killed");
-    assert!(
-        victim_log.contains("daemon started"),
-        "the victim was running"
-    );
-
+/// Waits for every `expected` row to arrive (within 40 s), then for every row
+/// of both kinds to be recorded as done, then takes late repeats; checks each
+/// message (known, of its kind's event type, not early) and returns how many
+/// were repeats.
+async fn receive_every_row(
+    rig: &mut Rig,
+    expected: &HashMap<String, (&'static str, DateTime<Utc>)>,
+) -> usize {
     let mut received = Vec::new();
     let mut missing: HashSet<&str> = expected.keys().map(String::as_str).collect();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
@@ -306,7 +288,6 @@ async fn three_replicas_with_one_killed_deliver_a_mixed_backlog_within_the_windo
     })
     .await;
     take_until_quiet(&mut rig.consumer, &mut received).await;
-
     let mut seen = HashSet::new();
     let mut duplicates = 0;
     for message in &received {
@@ -319,12 +300,65 @@ async fn three_replicas_with_one_killed_deliver_a_mixed_backlog_within_the_windo
             duplicates += 1;
         }
     }
-    // A claim takes up to a batch of each kind, so the killed replica held at
-    // most twice the one-kind window.
-    let window = 2 * WINDOW;
+    duplicates
+}
+
+/// A backlog of `rows` rows of each kind, and what the consumer must receive.
+async fn mixed_backlog(rig: &Rig, rows: i64) -> HashMap<String, (&'static str, DateTime<Utc>)> {
+    backlog(&rig.client, rows).await;
+    transition_backlog(&rig.client, rows).await;
+    let expected = every_pending(&rig.client).await;
+    assert_eq!(expected.len(), 2 * rows as usize);
+    expected
+}
+
+/// A claim takes up to a batch of each kind, so a failed claimer held at most
+/// twice the one-kind window.
+const MIXED_WINDOW: usize = 2 * WINDOW;
+
+const REPLICA_SETTINGS: [&str; 4] = ["--batch-size", "100", "--max-in-flight-batches", "4"];
+
+/// Two replicas share a backlog of both kinds: each row goes out exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_deliver_a_mixed_backlog_without_duplicates() {
+    let mut rig = Rig::new().await;
+    let expected = mixed_backlog(&rig, 5_000).await;
+    let mut replicas: Vec<(Running, LogTail)> = (0..2)
+        .map(|_| rig.spawn_daemon(free_port(), &REPLICA_SETTINGS))
+        .collect();
+    let duplicates = receive_every_row(&mut rig, &expected).await;
+    assert_eq!(duplicates, 0, "replicas never deliver a row twice");
+    for (replica, log) in &mut replicas {
+        terminate(replica, log).await;
+    }
+}
+
+/// Three replicas share a backlog of both kinds; one is killed (-9) midway.
+/// The other two finish it: every row of every kind arrives, none early,
+/// each with its kind's event type, repeats only within the killed
+/// replica's batches in flight, and every row ends recorded as done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_with_one_killed_deliver_a_mixed_backlog_within_the_window() {
+    const ROWS: i64 = 5_000;
+    let mut rig = Rig::new().await;
+    let expected = mixed_backlog(&rig, ROWS).await;
+    let mut replicas: Vec<(Running, LogTail)> = (0..3)
+        .map(|_| rig.spawn_daemon(free_port(), &REPLICA_SETTINGS))
+        .collect();
+
+    sent_at_least(&rig.client, ROWS / 4).await;
+    let (victim, victim_log) = &mut replicas[0];
+    signal(&victim.0, "KILL");
+    assert_eq!(wait_exit(&mut victim.0).await.code(), None, "killed");
     assert!(
-        duplicates <= window,
-        "{duplicates} duplicates, more than the window of {window}"
+        victim_log.contains("daemon started"),
+        "the victim was running"
+    );
+
+    let duplicates = receive_every_row(&mut rig, &expected).await;
+    assert!(
+        duplicates <= MIXED_WINDOW,
+        "{duplicates} duplicates, more than the window of {MIXED_WINDOW}"
     );
     eprintln!(
         "mixed kinds, three replicas, one killed: {} rows, {duplicates} duplicates",
@@ -333,6 +367,32 @@ async fn three_replicas_with_one_killed_deliver_a_mixed_backlog_within_the_windo
     for (survivor, log) in &mut replicas[1..] {
         terminate(survivor, log).await;
     }
+}
+
+/// The broker connection cut during a mixed drain: the publisher reconnects,
+/// every row of both kinds arrives, repeats only within one window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_broker_connection_during_a_mixed_drain_loses_nothing() {
+    const ROWS: i64 = 5_000;
+    let mut rig = Rig::new().await.with_rabbitmq_proxy().await;
+    let expected = mixed_backlog(&rig, ROWS).await;
+    let daemon = rig.start_daemon(&drain_settings()).await;
+    sent_at_least(&rig.client, ROWS / 10).await;
+    let proxy = rig.rabbitmq_proxy();
+    let connections_before = proxy.accepted();
+    proxy.cut();
+    wait_for(
+        "a new broker connection",
+        Duration::from_secs(10),
+        || async { proxy.accepted() > connections_before },
+    )
+    .await;
+    let duplicates = receive_every_row(&mut rig, &expected).await;
+    assert!(
+        duplicates <= MIXED_WINDOW,
+        "{duplicates} duplicates, more than the window of {MIXED_WINDOW}"
+    );
+    daemon.shutdown().await;
 }
 
 /// (status, time, state) of each transition a game body shows, in time order.
