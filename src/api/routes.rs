@@ -173,6 +173,9 @@ pub struct UpcomingPage {
     pub reminders: Vec<UpcomingBody>,
 }
 
+// Hand-written rather than garde or validator: each rule answers with its own
+// error code and message (the API's contract), which derive rules would not
+// make shorter.
 fn validate_title(title: &str) -> Result<String, ApiError> {
     let length = title.chars().count();
     if title.trim().is_empty() || length > MAX_TITLE_CHARS {

@@ -57,11 +57,7 @@ impl ReminderConsumer {
             super::connect(url, timeout, timeout, "notification-scheduler consumer").await?;
         let failed = |context: &'static str| {
             let endpoint = url.endpoint();
-            move |err: lapin::Error| BrokerError::Operation {
-                endpoint,
-                context,
-                reason: err.to_string(),
-            }
+            move |err: lapin::Error| BrokerError::operation(endpoint, context, err)
         };
         let channel = connection
             .create_channel()

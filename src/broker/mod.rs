@@ -13,22 +13,65 @@ use lapin::{Connection, ConnectionProperties, ErrorKind};
 
 use crate::config::BrokerUrl;
 
-/// A failure talking to RabbitMQ, described for an operator.
+/// A failure talking to RabbitMQ: what was attempted, with its [`Cause`] as
+/// the source. Shown with its chain, it reads as one line for an operator.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     /// No connection could be made, or it was lost.
-    #[error("cannot reach RabbitMQ at {endpoint}: {reason}")]
-    Unreachable { endpoint: String, reason: String },
+    #[error("cannot reach RabbitMQ at {endpoint}")]
+    Unreachable {
+        endpoint: String,
+        #[source]
+        cause: Cause,
+    },
     /// The broker answered but refused the session (credentials, vhost).
-    #[error("RabbitMQ at {endpoint} refused the connection: {reason}")]
-    Refused { endpoint: String, reason: String },
+    #[error("RabbitMQ at {endpoint} refused the connection")]
+    Refused {
+        endpoint: String,
+        #[source]
+        cause: Cause,
+    },
     /// An operation on an open connection failed.
-    #[error("RabbitMQ at {endpoint}: {context}: {reason}")]
+    #[error("RabbitMQ at {endpoint}: {context}")]
     Operation {
         endpoint: String,
         context: &'static str,
-        reason: String,
+        #[source]
+        cause: Cause,
     },
+}
+
+/// What lies under a [`BrokerError`].
+#[derive(Debug, thiserror::Error)]
+pub enum Cause {
+    /// lapin's error, shown as `reason` (the broker's own message where it
+    /// gave one), and kept whole for callers that inspect it.
+    #[error("{reason}")]
+    Driver { reason: String, error: lapin::Error },
+    /// A bound that ran out, or a failure lapin did not report.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl Cause {
+    /// lapin's error, shown as its own message.
+    pub fn driver(error: lapin::Error) -> Self {
+        Self::Driver {
+            reason: error.to_string(),
+            error,
+        }
+    }
+}
+
+impl BrokerError {
+    /// An operation on an open connection to `endpoint` that failed.
+    pub fn operation(endpoint: String, context: &'static str, err: lapin::Error) -> Self {
+        Self::Operation {
+            endpoint,
+            context,
+            cause: Cause::driver(err),
+        }
+    }
 }
 
 /// A broker failure that reconnecting can fix; configuration mismatches are
@@ -53,7 +96,7 @@ pub async fn connect(
             .parse()
             .map_err(|reason| BrokerError::Refused {
                 endpoint: endpoint.clone(),
-                reason,
+                cause: Cause::Other(reason),
             })?;
     if uri.query.heartbeat.is_none() {
         uri.query.heartbeat = Some(u16::try_from(heartbeat.as_secs().max(1)).unwrap_or(u16::MAX));
@@ -62,10 +105,10 @@ pub async fn connect(
         ConnectionProperties::default().with_connection_name(connection_name.to_owned().into());
     match tokio::time::timeout(timeout, Connection::connect_uri(uri, properties)).await {
         Ok(Ok(connection)) => Ok(connection),
-        Ok(Err(err)) => Err(connect_error(&endpoint, &err)),
+        Ok(Err(err)) => Err(connect_error(&endpoint, err)),
         Err(_) => Err(BrokerError::Unreachable {
             endpoint,
-            reason: format!("no answer within {timeout:?}"),
+            cause: Cause::Other(format!("no answer within {timeout:?}")),
         }),
     }
 }
@@ -74,11 +117,8 @@ pub async fn connect(
 pub async fn delete_exchange(url: &BrokerUrl, exchange: &str) -> Result<(), BrokerError> {
     let timeout = Duration::from_secs(10);
     let connection = connect(url, timeout, timeout, "notification-scheduler clean-up").await?;
-    let operation = |err: lapin::Error| BrokerError::Operation {
-        endpoint: url.endpoint(),
-        context: "deleting an exchange",
-        reason: err.to_string(),
-    };
+    let operation =
+        |err: lapin::Error| BrokerError::operation(url.endpoint(), "deleting an exchange", err);
     let channel = connection.create_channel().await.map_err(operation)?;
     channel
         .exchange_delete(
@@ -91,20 +131,18 @@ pub async fn delete_exchange(url: &BrokerUrl, exchange: &str) -> Result<(), Brok
     Ok(())
 }
 
-fn connect_error(endpoint: &str, err: &lapin::Error) -> BrokerError {
+fn connect_error(endpoint: &str, err: lapin::Error) -> BrokerError {
     let endpoint = endpoint.to_owned();
-    match err.kind() {
-        ErrorKind::ProtocolError(amqp) => BrokerError::Refused {
-            endpoint,
-            reason: amqp.get_message().to_string(),
-        },
-        ErrorKind::IOError(io) => BrokerError::Unreachable {
-            endpoint,
-            reason: io.to_string(),
-        },
-        _ => BrokerError::Unreachable {
-            endpoint,
-            reason: err.to_string(),
-        },
+    let reason = match err.kind() {
+        ErrorKind::ProtocolError(amqp) => amqp.get_message().to_string(),
+        ErrorKind::IOError(io) => io.to_string(),
+        _ => err.to_string(),
+    };
+    let refused = matches!(err.kind(), ErrorKind::ProtocolError(_));
+    let cause = Cause::Driver { reason, error: err };
+    if refused {
+        BrokerError::Refused { endpoint, cause }
+    } else {
+        BrokerError::Unreachable { endpoint, cause }
     }
 }

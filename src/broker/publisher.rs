@@ -45,12 +45,8 @@ impl LapinConnector {
         Self { settings }
     }
 
-    fn operation_error(&self, context: &'static str, err: &lapin::Error) -> BrokerError {
-        BrokerError::Operation {
-            endpoint: self.settings.url.endpoint(),
-            context,
-            reason: err.to_string(),
-        }
+    fn operation_error(&self, context: &'static str, err: lapin::Error) -> BrokerError {
+        BrokerError::operation(self.settings.url.endpoint(), context, err)
     }
 }
 
@@ -71,15 +67,15 @@ impl BrokerConnector for LapinConnector {
         let bounded = |future| tokio::time::timeout(settings.connect_timeout, future);
         let channel = bounded(connection.create_channel())
             .await
-            .map_err(|_| self.operation_error("opening a channel", &timed_out()))?
-            .map_err(|err| self.operation_error("opening a channel", &err))?;
+            .map_err(|_| self.operation_error("opening a channel", timed_out()))?
+            .map_err(|err| self.operation_error("opening a channel", err))?;
         tokio::time::timeout(
             settings.connect_timeout,
             channel.confirm_select(ConfirmSelectOptions::default()),
         )
         .await
-        .map_err(|_| self.operation_error("enabling publisher confirms", &timed_out()))?
-        .map_err(|err| self.operation_error("enabling publisher confirms", &err))?;
+        .map_err(|_| self.operation_error("enabling publisher confirms", timed_out()))?
+        .map_err(|err| self.operation_error("enabling publisher confirms", err))?;
         let declared = tokio::time::timeout(
             settings.connect_timeout,
             channel.exchange_declare(
@@ -93,7 +89,7 @@ impl BrokerConnector for LapinConnector {
             ),
         )
         .await
-        .map_err(|_| self.operation_error("declaring the exchange", &timed_out()))?;
+        .map_err(|_| self.operation_error("declaring the exchange", timed_out()))?;
         if let Err(err) = declared {
             if let ErrorKind::ProtocolError(amqp) = err.kind()
                 && amqp.get_id() == 406
@@ -106,7 +102,7 @@ impl BrokerConnector for LapinConnector {
                     amqp.get_message()
                 )));
             }
-            return Err(self.operation_error("declaring the exchange", &err).into());
+            return Err(self.operation_error("declaring the exchange", err).into());
         }
 
         let reporter = tokio::spawn(report_events(connection_events, events));

@@ -5,6 +5,9 @@
 //! lock serialises concurrent runs (several replicas starting with `--migrate`).
 //! A migration whose text changed after it was applied is refused: the database
 //! would otherwise silently differ from what the code describes.
+//!
+//! Not refinery: it has neither the advisory lock across replicas nor the rule
+//! that a database migrated by a newer build is accepted with a warning.
 
 use sha2::{Digest, Sha256};
 use tokio_postgres::Client;
