@@ -248,3 +248,22 @@ async fn reminders_after_an_idle_period_longer_than_the_heartbeat_timeout_are_de
     assert!(daemon.readiness.report().broker.ready);
     daemon.shutdown().await;
 }
+
+/// A supervisor that stops (stopped from outside here, as a bug in it would
+/// stop it) is fatal: the daemon reports why, so the process exits non-zero
+/// instead of living on, alive to its health check, delivering nothing.
+#[tokio::test]
+async fn a_stopped_supervisor_is_fatal_not_a_silent_stall() {
+    let (db, broker) = (TestDb::migrated().await, TestBroker::new().await);
+    let mut daemon = start_daemon(&db, &broker, &[]).await;
+    daemon
+        .supervisor()
+        .stop(Some("stopped by the test".to_owned()));
+    let reason = tokio::time::timeout(WAIT, daemon.fatal())
+        .await
+        .expect("the stopped supervisor is noticed");
+    assert!(reason.contains("the supervisor stopped"), "{reason}");
+    tokio::time::timeout(WAIT, daemon.shutdown())
+        .await
+        .expect("shutdown after a fatal stop does not hang");
+}

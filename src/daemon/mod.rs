@@ -121,13 +121,26 @@ impl RunningDaemon {
     }
 
     /// Resolves with the reason if the daemon hits a failure that restarting
-    /// cannot fix.
+    /// cannot fix, or a part that nothing restarts stops: the supervisor (its
+    /// end drops the sender of `fatal`) or the health server. The process then
+    /// exits non-zero instead of living on without delivering.
     pub async fn fatal(&mut self) -> String {
-        match self.fatal.wait_for(Option::is_some).await {
-            Ok(reason) => reason.clone().unwrap_or_default(),
-            // The supervisor is gone without a reason: never resolve.
-            Err(_) => std::future::pending().await,
+        tokio::select! {
+            reason = self.fatal.wait_for(Option::is_some) => match reason {
+                Ok(reason) => reason.clone().unwrap_or_default(),
+                Err(_) => "the supervisor stopped; nothing would be delivered".to_owned(),
+            },
+            served = &mut self.health_server => match served {
+                Ok(Ok(())) => "the health server stopped".to_owned(),
+                Ok(Err(err)) => format!("the health server failed: {err}"),
+                Err(err) => format!("the health server task ended: {err}"),
+            },
         }
+    }
+
+    /// The supervisor of this daemon's actors.
+    pub fn supervisor(&self) -> &ActorRef<SupervisorMessage> {
+        &self.supervisor
     }
 
     /// Stops claiming, lets claimed batches settle within the grace period,
