@@ -20,7 +20,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
-use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{TraceContextExt, TracerProvider};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
@@ -243,9 +242,7 @@ fn resource(instance_id: &str) -> Resource {
 
 /// The W3C `traceparent` of the current span, to store with what it creates.
 pub fn current_traceparent() -> Option<String> {
-    let mut carrier = std::collections::HashMap::new();
-    TraceContextPropagator::new().inject_context(&tracing::Span::current().context(), &mut carrier);
-    carrier.remove("traceparent")
+    actors::trace_context::of_span(&tracing::Span::current())
 }
 
 /// Wraps an exporter and logs when exporting starts failing or works again.

@@ -1,10 +1,20 @@
-//! W3C trace context stored with reminders, turned into span links.
+//! W3C trace context: stored with rows (turned into span links) and carried
+//! by every published message.
 
 use std::collections::HashMap;
 
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{SpanContext, TraceContextExt};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// The `traceparent` of `span`, when spans are exported (otherwise the span
+/// has no OpenTelemetry context and there is nothing to propagate).
+pub fn of_span(span: &tracing::Span) -> Option<String> {
+    let mut carrier = HashMap::new();
+    TraceContextPropagator::new().inject_context(&span.context(), &mut carrier);
+    carrier.remove("traceparent")
+}
 
 /// The span context a `traceparent` (version 00) names, if it is well formed
 /// and valid (non-zero ids).

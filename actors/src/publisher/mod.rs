@@ -69,9 +69,18 @@ pub struct PublisherHandle {
 impl PublisherHandle {
     /// Queues the events' messages for publishing, in order; never waits for
     /// the broker. `batch` is the span of the batch they belong to.
-    pub fn publish(&self, events: Vec<DueEvent>, batch: &tracing::Span) -> PendingConfirms {
-        tracing::info_span!(parent: batch, "publish", batch.size = events.len())
-            .in_scope(|| (self.publish)(events))
+    ///
+    /// Every message carries the `traceparent` of this publish span, so a
+    /// consumer joins the delivery's trace whoever wrote the row; the requests
+    /// that scheduled the events are linked from the batch span.
+    pub fn publish(&self, mut events: Vec<DueEvent>, batch: &tracing::Span) -> PendingConfirms {
+        let span = tracing::info_span!(parent: batch, "publish", batch.size = events.len());
+        if let Some(delivery) = crate::trace_context::of_span(&span) {
+            for event in &mut events {
+                event.traceparent = Some(delivery.clone());
+            }
+        }
+        span.in_scope(|| (self.publish)(events))
     }
 
     /// Waits for the confirms of `count` published messages. If the broker
