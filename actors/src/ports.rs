@@ -18,8 +18,14 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// with the actor that met it.
 #[derive(Debug, thiserror::Error)]
 pub enum PortError {
-    /// Retrying can fix it (a server unreachable, a connection lost, a
-    /// statement timed out): the actor fails and is restarted after a backoff.
+    /// The server cannot be reached or is not accepting sessions yet (down,
+    /// restarting): the actor is restarted soon and often, so delivery resumes
+    /// within about a second of the server coming back.
+    #[error(transparent)]
+    Unavailable(BoxError),
+    /// Retrying can fix it (a connection lost, a statement timed out): the
+    /// actor fails and is restarted after a backoff that grows while it keeps
+    /// failing, so a crash loop does not hammer anything.
     #[error(transparent)]
     Transient(BoxError),
     /// Retrying cannot fix it (a configuration mismatch such as an exchange
@@ -29,9 +35,19 @@ pub enum PortError {
 }
 
 impl PortError {
+    /// A server that cannot be reached now.
+    pub fn unavailable(err: impl Into<BoxError>) -> Self {
+        Self::Unavailable(err.into())
+    }
+
     /// A failure worth retrying.
     pub fn transient(err: impl Into<BoxError>) -> Self {
         Self::Transient(err.into())
+    }
+
+    /// Whether the failure is waiting for a server rather than a crash.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
     }
 
     /// A failure that retrying cannot fix.

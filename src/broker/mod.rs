@@ -74,11 +74,21 @@ impl BrokerError {
     }
 }
 
-/// A broker failure that reconnecting can fix; configuration mismatches are
-/// reported as [`actors::ports::PortError::Unrecoverable`] where they are found.
+/// A broker failure that reconnecting can fix: a broker that cannot be
+/// reached or refuses the session (starting up, or credentials an operator is
+/// fixing) is waited for with frequent reconnects. Configuration mismatches
+/// are reported as [`actors::ports::PortError::Unrecoverable`] where they are
+/// found.
 impl From<BrokerError> for actors::ports::PortError {
     fn from(err: BrokerError) -> Self {
-        Self::transient(err)
+        if matches!(
+            err,
+            BrokerError::Unreachable { .. } | BrokerError::Refused { .. }
+        ) {
+            Self::unavailable(err)
+        } else {
+            Self::transient(err)
+        }
     }
 }
 

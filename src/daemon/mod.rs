@@ -211,9 +211,18 @@ fn store(args: &DaemonArgs, kinds: Vec<kinds::Delivered>) -> PgScheduleStore {
     )
 }
 
+/// Longest wait between attempts to reach a server that is down: delivery
+/// resumes within about this long after it is back. An attempt is one
+/// connection, and a failing one is logged once per change, so this is cheap.
+const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
 fn supervisor_settings(args: &DaemonArgs) -> SupervisorSettings {
     SupervisorSettings {
         restart_backoff: (args.restart_backoff_min, args.restart_backoff_max),
+        reconnect_backoff: (
+            args.restart_backoff_min,
+            args.restart_backoff_max.min(RECONNECT_BACKOFF_MAX),
+        ),
         stable_after: Duration::from_secs(30),
         listener_ping_interval: args.listener_ping_interval,
         confirm_timeout: args.broker.rabbitmq_confirm_timeout,

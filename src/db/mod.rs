@@ -70,10 +70,22 @@ impl Cause {
     }
 }
 
-/// Every database failure is worth retrying: the server may come back.
+/// Every database failure is worth retrying: the server may come back. A
+/// server that cannot be reached, refuses sessions (starting up, shutting
+/// down) or closed the connection is waited for with frequent reconnects.
 impl From<DbError> for actors::ports::PortError {
     fn from(err: DbError) -> Self {
-        Self::transient(err)
+        let waiting_for_the_server = match &err {
+            DbError::Unreachable { .. } | DbError::Refused { .. } => true,
+            DbError::Query { .. } => err
+                .driver_error()
+                .is_some_and(tokio_postgres::Error::is_closed),
+        };
+        if waiting_for_the_server {
+            Self::unavailable(err)
+        } else {
+            Self::transient(err)
+        }
     }
 }
 

@@ -16,7 +16,11 @@
 //! publish and the listener's resync reaches a running scheduler. A restarted
 //! publisher is followed by a resync of the scheduler, which stops delivering
 //! while no publisher runs. Outages are retried forever; one log line is written
-//! per change of a child's state, not per attempt. A
+//! per change of a child's state, not per attempt. A child waiting for a
+//! server that cannot be reached ([`PortError::Unavailable`]) is restarted
+//! soon and often (the reconnect backoff, capped at about a second), so
+//! delivery resumes quickly when the server is back; other failures restart
+//! after a backoff that grows while they repeat (a crash loop). A
 //! [`PortError::Unrecoverable`] (a configuration mismatch) stops the daemon
 //! instead.
 //!
@@ -88,8 +92,13 @@ pub enum SupervisorMessage {
 /// Restart policy and timings of the daemon's actors.
 #[derive(Debug, Clone)]
 pub struct SupervisorSettings {
-    /// First and longest delay between restarts of a failing child.
+    /// First and longest delay between restarts of a child that keeps
+    /// failing (a crash loop).
     pub restart_backoff: (Duration, Duration),
+    /// First and longest delay between restarts of a child waiting for a
+    /// server that cannot be reached ([`PortError::Unavailable`]): short, so
+    /// delivery resumes soon after the server is back.
+    pub reconnect_backoff: (Duration, Duration),
     /// A child that ran this long before failing restarts after the first delay again.
     pub stable_after: Duration,
     pub listener_ping_interval: Duration,
@@ -110,7 +119,10 @@ pub struct SupervisorArgs<S, B, L> {
 
 struct ChildState {
     cell: Option<ActorCell>,
+    /// Delays after crashes.
     backoff: Backoff,
+    /// Delays while a server cannot be reached.
+    reconnect: Backoff,
     started_at: Option<Instant>,
     /// The last failure, so repeated identical failures log once.
     failing: Option<String>,
@@ -220,13 +232,13 @@ where
         myself: &ActorRef<SupervisorMessage>,
         child: Child,
         reason: String,
-        unrecoverable: bool,
+        cause: FailureCause,
     ) {
         self.forget(child);
         if self.shutting_down {
             return;
         }
-        if unrecoverable {
+        if cause == FailureCause::Unrecoverable {
             tracing::error!(
                 actor = child.name(),
                 error = reason.as_str(),
@@ -250,7 +262,10 @@ where
             state.failing = None;
         }
         state.started_at = None;
-        let delay = state.backoff.next_delay();
+        let delay = match cause {
+            FailureCause::Unavailable => state.reconnect.next_delay(),
+            _ => state.backoff.next_delay(),
+        };
         if state.failing.as_deref() == Some(reason.as_str()) {
             tracing::debug!(
                 actor = child.name(),
@@ -296,6 +311,7 @@ where
             Ok(cell) => {
                 let state = &mut self.children[index(child)];
                 state.cell = Some(cell);
+                state.reconnect.reset();
                 state.started_at = Some(Instant::now());
                 if restart && child.component().is_some() {
                     crate::metrics::reconnected(child.name());
@@ -314,10 +330,9 @@ where
                 }
             }
             Err(SpawnErr::StartupFailed(err)) => {
-                let unrecoverable = is_unrecoverable(&*err);
-                self.failed(myself, child, Chain(&*err).to_string(), unrecoverable);
+                self.failed(myself, child, Chain(&*err).to_string(), cause_of(&*err));
             }
-            Err(err) => self.failed(myself, child, err.to_string(), false),
+            Err(err) => self.failed(myself, child, err.to_string(), FailureCause::Crash),
         }
     }
 
@@ -376,9 +391,11 @@ where
         args: SupervisorArgs<S, B, L>,
     ) -> Result<Self::State, ActorProcessingErr> {
         let (min, max) = args.settings.restart_backoff;
+        let (reconnect_min, reconnect_max) = args.settings.reconnect_backoff;
         let child = || ChildState {
             cell: None,
             backoff: Backoff::new(min, max),
+            reconnect: Backoff::new(reconnect_min, reconnect_max),
             started_at: None,
             failing: None,
             ran_before: false,
@@ -426,28 +443,45 @@ where
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, reason, unrecoverable) = match event {
+        let (cell, reason, cause) = match event {
             SupervisionEvent::ActorFailed(cell, err) => {
-                let unrecoverable = is_unrecoverable(&*err);
-                (cell, Chain(&*err).to_string(), unrecoverable)
+                (cell, Chain(&*err).to_string(), cause_of(&*err))
             }
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                (cell, reason.unwrap_or_else(|| "stopped".to_owned()), false)
-            }
+            SupervisionEvent::ActorTerminated(cell, _, reason) => (
+                cell,
+                reason.unwrap_or_else(|| "stopped".to_owned()),
+                FailureCause::Crash,
+            ),
             _ => return Ok(()),
         };
         if let Some(child) = state.child_of(&cell) {
-            state.failed(&myself, child, reason, unrecoverable);
+            state.failed(&myself, child, reason, cause);
         }
         Ok(())
     }
 }
 
-/// Whether an actor's failure came from a port error that retrying cannot
-/// fix. ractor boxes actor errors, so the typed port error is found in the
-/// failure's source chain.
-fn is_unrecoverable(err: &(dyn std::error::Error + 'static)) -> bool {
-    caused_by::<PortError>(err, PortError::is_unrecoverable)
+/// What a child's failure calls for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FailureCause {
+    /// Stop the daemon: retrying cannot fix it.
+    Unrecoverable,
+    /// Wait for a server: restart soon and often.
+    Unavailable,
+    /// Anything else: restart after a growing backoff.
+    Crash,
+}
+
+/// Classifies an actor's failure by the port error in it. ractor boxes actor
+/// errors, so the typed port error is found in the failure's source chain.
+fn cause_of(err: &(dyn std::error::Error + 'static)) -> FailureCause {
+    if caused_by::<PortError>(err, PortError::is_unrecoverable) {
+        FailureCause::Unrecoverable
+    } else if caused_by::<PortError>(err, PortError::is_unavailable) {
+        FailureCause::Unavailable
+    } else {
+        FailureCause::Crash
+    }
 }
 
 #[cfg(test)]

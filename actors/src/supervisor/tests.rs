@@ -23,6 +23,7 @@ struct Harness {
 fn settings() -> SupervisorSettings {
     SupervisorSettings {
         restart_backoff: (Duration::from_millis(100), Duration::from_secs(2)),
+        reconnect_backoff: (Duration::from_millis(100), Duration::from_millis(500)),
         stable_after: Duration::from_secs(30),
         listener_ping_interval: Duration::from_secs(15),
         confirm_timeout: Duration::from_secs(10),
@@ -172,4 +173,34 @@ async fn shutdown_stops_every_child_after_claimed_batches_settle() {
     assert_eq!(h.store.pending(), 0, "the in-flight batch settled first");
     assert_eq!(h.supervisor.get_children().len(), 0);
     assert_eq!(h.supervisor.get_status(), ActorStatus::Running);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_broker_that_cannot_be_reached_is_retried_often_so_delivery_resumes_soon() {
+    let h = start(|store, broker| {
+        store.insert_overdue(Duration::from_secs(5), None);
+        broker.fail_next_connects((0..20).map(|_| PortError::unavailable("connection refused")));
+    })
+    .await;
+    advance_until(Duration::from_secs(30), || h.store.pending() == 0).await;
+    assert_eq!(h.broker.connects(), 21);
+    let gaps = h.broker.connect_gaps();
+    assert!(
+        gaps.iter().all(|gap| *gap <= Duration::from_millis(500)),
+        "never longer than the reconnect cap: {gaps:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_publisher_that_keeps_crashing_backs_off_further() {
+    let h = start(|_, broker| {
+        broker.fail_next_connects((0..8).map(|_| PortError::transient("handshake failed")));
+    })
+    .await;
+    advance_until(Duration::from_secs(30), || h.broker.connects() == 9).await;
+    let longest = h.broker.connect_gaps().into_iter().max().unwrap();
+    assert!(
+        longest > Duration::from_millis(500),
+        "a crash loop backs off beyond the reconnect cap: {longest:?}"
+    );
 }

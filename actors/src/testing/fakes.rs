@@ -286,6 +286,8 @@ struct BrokerInner {
     scripted: VecDeque<PublishOutcome>,
     connect_failures: VecDeque<PortError>,
     connects: usize,
+    /// When each connection attempt was made.
+    connect_times: Vec<Instant>,
     batch_sizes: Vec<usize>,
     events: Option<EventSink<BrokerEvent>>,
     confirm_delay: Duration,
@@ -316,6 +318,15 @@ impl FakeBroker {
 
     pub fn connects(&self) -> usize {
         self.lock().connects
+    }
+
+    /// The time between consecutive connection attempts.
+    pub fn connect_gaps(&self) -> Vec<Duration> {
+        self.lock()
+            .connect_times
+            .windows(2)
+            .map(|pair| pair[1] - pair[0])
+            .collect()
     }
 
     pub fn script(&self, outcomes: impl IntoIterator<Item = PublishOutcome>) {
@@ -349,6 +360,7 @@ impl BrokerConnector for FakeBroker {
     async fn connect(&self, events: EventSink<BrokerEvent>) -> Result<FakeBroker, PortError> {
         let mut inner = self.lock();
         inner.connects += 1;
+        inner.connect_times.push(Instant::now());
         if let Some(err) = inner.connect_failures.pop_front() {
             return Err(err);
         }
