@@ -56,7 +56,13 @@ async fn reconnect(pg: &PrivatePg) -> tokio_postgres::Client {
 async fn postgres_stopped_and_restarted_while_reminders_are_pending_loses_nothing() {
     let pg = PrivatePg::start().await;
     let mut rig = Rig::on_database(pg.url(), pg.client().await).await;
-    let daemon = rig.start_daemon(&drain_settings()).await;
+    let daemon = rig
+        .start_daemon(&overriding(
+            &drain_settings(),
+            // The default crash backoff, as for the broker outages below.
+            &[("--restart-backoff-max", "10s")],
+        ))
+        .await;
 
     // Fast shutdown with reminders pending; two fall due while it is down.
     let before = schedule(&rig.client, 3_600_000, &[-1, 1_500, 2_500, 8_000]).await;
@@ -157,6 +163,9 @@ async fn broker_outages(outage: Outage, backlogs: &[i64]) {
         &[
             ("--rabbitmq-confirm-timeout", "3s"),
             ("--claim-timeout", "6s"),
+            // The default crash backoff: waiting for the broker to come back
+            // must not depend on it (the printed recovery time shows it).
+            ("--restart-backoff-max", "10s"),
         ],
     );
     let port = free_port();
