@@ -61,6 +61,19 @@ fn histogram_of(receiver: &OtlpReceiver, name: &str) -> (u64, f64) {
         })
 }
 
+/// The next message and the `traceparent` it must carry.
+async fn next_traced(consumer: &mut common::TestConsumer) -> (common::Received, String) {
+    let message = consumer
+        .next_within(WAIT)
+        .await
+        .expect("the message arrives");
+    let traceparent = message
+        .traceparent
+        .clone()
+        .expect("the message carries traceparent");
+    (message, traceparent)
+}
+
 #[tokio::test]
 async fn a_delivered_reminder_is_traced_from_request_to_message_and_measured() {
     let (db, broker, receiver) = (
@@ -97,13 +110,7 @@ async fn a_delivered_reminder_is_traced_from_request_to_message_and_measured() {
         .unwrap();
     assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
 
-    let message = consumer
-        .next_within(WAIT)
-        .await
-        .expect("the reminder arrives");
-    let traceparent = message
-        .traceparent
-        .expect("the message carries traceparent");
+    let (message, traceparent) = next_traced(&mut consumer).await;
 
     // SIGTERM flushes: everything must have arrived once both have exited.
     signal(&api.0, "TERM");
@@ -246,13 +253,8 @@ async fn a_row_written_by_plain_sql_is_delivered_in_the_delivery_trace() {
     wait_http_ok(health_port, "/readyz").await;
     let client = db.client().await;
     common::schedule::schedule(&client, 3_600_000, &[500]).await;
-    let message = consumer
-        .next_within(WAIT)
-        .await
-        .expect("the reminder arrives");
-    let traceparent = message
-        .traceparent
-        .expect("a row without a stored context still gets one");
+    // A row without a stored context still gets one.
+    let (message, traceparent) = next_traced(&mut consumer).await;
     signal(&daemon.0, "TERM");
     exits_cleanly(&mut daemon, &daemon_log).await;
 
