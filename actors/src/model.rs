@@ -39,8 +39,9 @@ pub struct Outbound {
     pub routing_key: Arc<str>,
     /// The envelope's `event_type`.
     pub event_type: &'static str,
-    /// The envelope's `data` object.
-    pub data: serde_json::Value,
+    /// The envelope's `data` object. Shared, as the claim keeps the event
+    /// while its copy is published.
+    pub data: Arc<serde_json::Value>,
 }
 
 /// The earliest pending event of any kind, as seen by the database.

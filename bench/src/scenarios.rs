@@ -2,6 +2,7 @@
 //! real daemon as a separate process and consumes with a real consumer.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actors::model::{DueEvent, Outbound};
@@ -165,7 +166,7 @@ pub async fn ceiling(env: &BenchEnv, count: u64, window: usize) -> anyhow::Resul
             message: Outbound {
                 routing_key: ROUTING_KEY.into(),
                 event_type: reminder::KIND.event_type,
-                data: reminder::message_data(&Uuid::new_v4().to_string(), 60),
+                data: Arc::new(reminder::message_data(&Uuid::new_v4().to_string(), 60)),
             },
         })
         .collect();

@@ -62,6 +62,7 @@ pub fn encode(event: &DueEvent, now: DateTime<Utc>) -> (Vec<u8>, BasicProperties
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
     use std::time::Duration;
 
     use actors::model::Outbound;
@@ -81,7 +82,10 @@ mod tests {
             message: Outbound {
                 routing_key: "game.reminder_due".into(),
                 event_type: reminder::KIND.event_type,
-                data: reminder::message_data("0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f9", 15),
+                data: Arc::new(reminder::message_data(
+                    "0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f9",
+                    15,
+                )),
             },
         }
     }
@@ -106,11 +110,11 @@ mod tests {
             message: Outbound {
                 routing_key: "game.status_transition_due".into(),
                 event_type: status_transition::KIND.event_type,
-                data: status_transition::message_data(
+                data: Arc::new(status_transition::message_data(
                     "0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f9",
                     "IN_PROGRESS",
                     "2026-11-29T19:00:00Z".parse().unwrap(),
-                ),
+                )),
             },
             ..reminder()
         };
@@ -158,7 +162,7 @@ mod tests {
             expires_in: None,
             traceparent: None,
             message: Outbound {
-                data: reminder::message_data("legacy-string-id", 15),
+                data: Arc::new(reminder::message_data("legacy-string-id", 15)),
                 ..reminder().message
             },
             ..reminder()

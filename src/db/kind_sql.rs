@@ -1,5 +1,7 @@
 //! The daemon's statements for each kind, written from its declaration
-//! ([`crate::kinds::Kind`]). Every time is read from the database clock.
+//! ([`crate::kinds::Kind`]): the delivery path's claim, release and next-due,
+//! and the maintenance's observation and retention sweep. Every time is read
+//! from the database clock.
 
 use crate::kinds::{Expiry, Kind};
 
@@ -99,5 +101,41 @@ pub fn next_due<'a>(kinds: impl IntoIterator<Item = &'a Kind>) -> String {
            FROM ({}) AS earliest \
           ORDER BY due_at LIMIT 1",
         earliest.join(" UNION ALL ")
+    )
+}
+
+/// Pending rows of `kind`, how many are overdue, and seconds until the
+/// earliest: one scan of the partial index on pending rows (the gauges).
+pub fn observe(kind: &Kind) -> String {
+    let Kind {
+        table,
+        time_column: time,
+        done_column: done,
+        ..
+    } = kind;
+    format!(
+        "SELECT count(*)::bigint, \
+                count(*) FILTER (WHERE {time} <= clock_timestamp())::bigint, \
+                extract(epoch FROM min({time}) - clock_timestamp())::float8 \
+           FROM {table} WHERE NOT {done}"
+    )
+}
+
+/// Deletes up to `$2` dealt-with rows of `kind` older than `$1` seconds
+/// (the retention sweep); rows others have locked are skipped.
+pub fn delete_expired(kind: &Kind) -> String {
+    let Kind {
+        table,
+        time_column: time,
+        done_column: done,
+        done_at_column: done_at,
+        ..
+    } = kind;
+    format!(
+        "DELETE FROM {table} \
+          WHERE ctid = ANY (ARRAY( \
+                SELECT ctid FROM {table} \
+                 WHERE {done} AND coalesce({done_at}, {time}) < clock_timestamp() - make_interval(secs => $1) \
+                 LIMIT $2 FOR UPDATE SKIP LOCKED))"
     )
 }

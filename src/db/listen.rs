@@ -15,7 +15,7 @@ use tokio_postgres::{AsyncMessage, Client, NoTls};
 
 use super::{Cause, DbError};
 use crate::config::DatabaseUrl;
-use crate::kinds::{self, Kind};
+use crate::kinds::Kind;
 
 /// Payloads longer than this are truncated in logs.
 const LOGGED_PAYLOAD_BYTES: usize = 256;
@@ -71,12 +71,16 @@ impl ListenConnector for PgListenConnector {
                 Ok(Err(err)) => return Err(super::connect_error(&config, err).into()),
                 Err(_) => return Err(super::connect_timed_out(&config, timeout).into()),
             };
+        let kinds = self.kinds.clone();
         let driver = tokio::spawn(async move {
             let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
             let reason = loop {
                 match messages.next().await {
                     Some(Ok(AsyncMessage::Notification(notification))) => {
-                        let hint = match kinds::by_channel(notification.channel()) {
+                        let kind = kinds
+                            .iter()
+                            .find(|kind| kind.channel == notification.channel());
+                        let hint = match kind {
                             Some(kind) => decode(kind, notification.payload()),
                             None => unrecognised(notification.payload()),
                         };

@@ -3,7 +3,7 @@
 //! database clock; the statements are written from each kind's declaration
 //! (`kind_sql`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -193,7 +193,7 @@ fn event_from_row(delivered: &Delivered, row: &tokio_postgres::Row) -> DueEvent 
         message: Outbound {
             routing_key: Arc::clone(&delivered.routing_key),
             event_type: kind.event_type,
-            data: (kind.data)(row),
+            data: Arc::new((kind.data)(row)),
         },
     }
 }
@@ -216,8 +216,13 @@ impl Claim for PgClaim {
         // Cancelled or failed half-way, the session closes the connection.
         let client = Session(self.client.take());
         let nothing_delivered = undelivered.len() == self.events.len();
+        let undelivered_ids: HashSet<Uuid> = undelivered.iter().copied().collect();
         let mut by_kind: HashMap<&str, Vec<Uuid>> = HashMap::new();
-        for event in self.events.iter().filter(|e| undelivered.contains(&e.id)) {
+        for event in self
+            .events
+            .iter()
+            .filter(|e| undelivered_ids.contains(&e.id))
+        {
             by_kind.entry(event.kind).or_default().push(event.id);
         }
         let releases: Vec<(&KindQueries, Vec<Uuid>)> = self

@@ -164,7 +164,7 @@ pub async fn create(
     let created = game_from_row(&row);
     let minutes = effective(&created, &defaults.reminder_minutes);
     let result = schedule::populate(&tx, game_time(&created), minutes, traceparent).await?;
-    transitions::sync(
+    transitions::populate(
         &tx,
         game_time(&created),
         duration(&created, defaults),
@@ -324,7 +324,7 @@ pub async fn update(
         ScheduleResult::default()
     };
     if moved || duration(&after, defaults) != duration(&before, defaults) {
-        transitions::sync(
+        transitions::update(
             &tx,
             game_time(&after),
             duration(&after, defaults),

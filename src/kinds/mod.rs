@@ -72,7 +72,7 @@ pub fn delivered(reminder_routing_key: &str) -> Vec<Delivered> {
     ALL.iter()
         .map(|&kind| Delivered {
             kind,
-            routing_key: if std::ptr::eq(kind, &reminder::KIND) {
+            routing_key: if kind.name == reminder::KIND.name {
                 Arc::from(reminder_routing_key)
             } else {
                 Arc::from(kind.default_routing_key)
@@ -81,7 +81,23 @@ pub fn delivered(reminder_routing_key: &str) -> Vec<Delivered> {
         .collect()
 }
 
-/// The kind whose trigger notifies `channel`.
-pub fn by_channel(channel: &str) -> Option<&'static Kind> {
-    ALL.into_iter().find(|kind| kind.channel == channel)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_reminders_take_the_configured_routing_key() {
+        let delivered = delivered("custom.reminders");
+        let keys: Vec<(&str, &str)> = delivered
+            .iter()
+            .map(|d| (d.kind.name, &*d.routing_key))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("reminder", "custom.reminders"),
+                ("status_transition", "game.status_transition_due"),
+            ]
+        );
+    }
 }

@@ -196,7 +196,9 @@ impl ScheduleStore for FakeStore {
                     message: Outbound {
                         routing_key: "game.reminder_due".into(),
                         event_type: "game.reminder_due",
-                        data: serde_json::json!({ "game_id": "game", "reminder_minutes": 0 }),
+                        data: Arc::new(
+                            serde_json::json!({ "game_id": "game", "reminder_minutes": 0 }),
+                        ),
                     },
                 }
             })

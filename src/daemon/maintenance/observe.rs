@@ -8,23 +8,8 @@ use deadpool_postgres::Pool;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::ObservableGauge;
 
-use crate::kinds::{self, Kind};
-
-/// One scan of the partial index on pending rows of `kind`.
-fn observe(kind: &Kind) -> String {
-    let Kind {
-        table,
-        time_column: time,
-        done_column: done,
-        ..
-    } = kind;
-    format!(
-        "SELECT count(*)::bigint, \
-                count(*) FILTER (WHERE {time} <= clock_timestamp())::bigint, \
-                extract(epoch FROM min({time}) - clock_timestamp())::float8 \
-           FROM {table} WHERE NOT {done}"
-    )
-}
+use crate::db::kind_sql;
+use crate::kinds;
 
 /// The latest observation of each kind, read by the gauges at each export. A
 /// gauge with nothing to report (no observation yet, nothing pending) exports
@@ -103,7 +88,7 @@ pub async fn run(pool: Pool) {
         return;
     };
     for kind in kinds::ALL {
-        match client.query_one(&observe(kind), &[]).await {
+        match client.query_one(&kind_sql::observe(kind), &[]).await {
             Ok(row) => {
                 let observation = Observation {
                     pending: row.get::<_, i64>(0).unsigned_abs(),

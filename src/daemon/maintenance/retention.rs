@@ -10,28 +10,11 @@ use std::time::Duration;
 
 use deadpool_postgres::Pool;
 
+use crate::db::kind_sql;
 use crate::kinds::{self, Kind};
 
 /// Rows deleted per statement: short transactions, short locks.
 const DELETE_BATCH: i64 = 1_000;
-
-/// Deletes up to `$2` dealt-with rows of `kind` older than `$1` seconds.
-fn delete_expired(kind: &Kind) -> String {
-    let Kind {
-        table,
-        time_column: time,
-        done_column: done,
-        done_at_column: done_at,
-        ..
-    } = kind;
-    format!(
-        "DELETE FROM {table} \
-          WHERE ctid = ANY (ARRAY( \
-                SELECT ctid FROM {table} \
-                 WHERE {done} AND coalesce({done_at}, {time}) < clock_timestamp() - make_interval(secs => $1) \
-                 LIMIT $2 FOR UPDATE SKIP LOCKED))"
-    )
-}
 
 pub async fn run(pool: Pool, retention: Duration) {
     let Some(client) = super::connection(&pool, "retention").await else {
@@ -61,7 +44,7 @@ async fn sweep(
     retention: Duration,
 ) -> Result<u64, tokio_postgres::Error> {
     let seconds = retention.as_secs_f64();
-    let statement = client.prepare(&delete_expired(kind)).await?;
+    let statement = client.prepare(&kind_sql::delete_expired(kind)).await?;
     let mut deleted = 0;
     loop {
         let batch = client

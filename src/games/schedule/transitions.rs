@@ -103,10 +103,21 @@ pub fn changes(
     changes
 }
 
-/// Brings a game's transitions in line with its start and duration: on
-/// creation every planned transition is inserted; on a change pending ones
-/// move and missing ones are added.
-pub async fn sync(
+/// Schedules a new game's transitions: every planned one, past or not.
+pub async fn populate(
+    tx: &Transaction<'_>,
+    game: GameTime,
+    duration_minutes: i32,
+    settings: TransitionSettings,
+    traceparent: Option<&str>,
+) -> Result<(), ScheduleError> {
+    let planned = plan(game.scheduled_at, duration_minutes, settings);
+    insert(tx, game, &planned, traceparent).await
+}
+
+/// Brings a changed game's transitions in line with its start and duration:
+/// pending ones move, missing ones are added.
+pub async fn update(
     tx: &Transaction<'_>,
     game: GameTime,
     duration_minutes: i32,
@@ -146,17 +157,28 @@ pub async fn sync(
         .await
         .map_err(failed("moving the game's status transitions"))?;
     }
-    if !changes.insert.is_empty() {
-        let statuses: Vec<&str> = changes.insert.iter().map(|t| t.target_status).collect();
-        let times: Vec<DateTime<Utc>> = changes.insert.iter().map(|t| t.transition_time).collect();
-        tx.execute(
-            "INSERT INTO game_status_schedule (game_id, target_status, transition_time, traceparent) \
-             SELECT $1, s, t, $2 FROM unnest($3::text[], $4::timestamptz[]) AS r(s, t)",
-            &[&game.game_id, &traceparent, &statuses, &times],
-        )
-        .await
-        .map_err(failed("writing the game's status transitions"))?;
+    insert(tx, game, &changes.insert, traceparent).await
+}
+
+async fn insert(
+    tx: &Transaction<'_>,
+    game: GameTime,
+    transitions: &[PlannedTransition],
+    traceparent: Option<&str>,
+) -> Result<(), ScheduleError> {
+    if transitions.is_empty() {
+        return Ok(());
     }
+    let statuses: Vec<&str> = transitions.iter().map(|t| t.target_status).collect();
+    let times: Vec<DateTime<Utc>> = transitions.iter().map(|t| t.transition_time).collect();
+    // One statement for all rows: one change notification.
+    tx.execute(
+        "INSERT INTO game_status_schedule (game_id, target_status, transition_time, traceparent) \
+         SELECT $1, s, t, $2 FROM unnest($3::text[], $4::timestamptz[]) AS r(s, t)",
+        &[&game.game_id, &traceparent, &statuses, &times],
+    )
+    .await
+    .map_err(failed("writing the game's status transitions"))?;
     Ok(())
 }
 
