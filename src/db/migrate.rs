@@ -42,6 +42,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(3, "0003_notify_trigger"),
     migration!(4, "0004_trace_context"),
     migration!(5, "0005_game_status_schedule"),
+    migration!(6, "0006_scheduled_message"),
 ];
 
 /// Key of the advisory lock held while migrating ("notifsch" in ASCII).
