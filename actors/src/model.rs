@@ -35,13 +35,33 @@ pub struct DueEvent {
 /// pass it through; the broker adapter encodes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outbound {
-    /// Routing key on the configured exchange.
+    /// The exchange; `None` for the configured one.
+    pub exchange: Option<Arc<str>>,
+    /// The routing key.
     pub routing_key: Arc<str>,
-    /// The envelope's `event_type`.
-    pub event_type: &'static str,
-    /// The envelope's `data` object. Shared, as the claim keeps the event
-    /// while its copy is published.
-    pub data: Arc<serde_json::Value>,
+    /// What the message says.
+    pub body: Body,
+}
+
+/// The body of an outbound message. Shared, as the claim keeps the event
+/// while its copy is published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    /// The service's envelope around an event of one of its own kinds.
+    Envelope {
+        /// The envelope's `event_type`.
+        event_type: &'static str,
+        /// The envelope's `data` object.
+        data: Arc<serde_json::Value>,
+    },
+    /// A payload published byte for byte as its writer stored it.
+    Stored {
+        /// The JSON text of the body.
+        payload: Arc<str>,
+        /// The writer's AMQP headers: a JSON object of string, number and
+        /// boolean values.
+        headers: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
+    },
 }
 
 /// The earliest pending event of any kind, as seen by the database.

@@ -70,7 +70,7 @@ impl BenchEnv {
         Ok(ReminderConsumer::bind(
             &self.broker,
             &self.exchange,
-            &[ROUTING_KEY, status_transition::KIND.default_routing_key],
+            &[ROUTING_KEY, status_transition::ROUTING_KEY],
             QueueKind::Durable(self.queue.clone()),
             u16::MAX,
         )

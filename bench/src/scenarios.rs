@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actors::model::{DueEvent, Outbound};
+use actors::model::{Body, DueEvent, Outbound};
 use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use futures_util::future::join_all;
@@ -164,9 +164,12 @@ pub async fn ceiling(env: &BenchEnv, count: u64, window: usize) -> anyhow::Resul
             lateness: Duration::ZERO,
             traceparent: None,
             message: Outbound {
+                exchange: None,
                 routing_key: ROUTING_KEY.into(),
-                event_type: reminder::KIND.event_type,
-                data: Arc::new(reminder::message_data(&Uuid::new_v4().to_string(), 60)),
+                body: Body::Envelope {
+                    event_type: "game.reminder_due",
+                    data: Arc::new(reminder::message_data(&Uuid::new_v4().to_string(), 60)),
+                },
             },
         })
         .collect();

@@ -21,8 +21,9 @@ use uuid::Uuid;
 pub struct PublishedBatch {
     /// Message ids, in publish order.
     pub ids: Vec<Uuid>,
-    /// The confirm of each message; `Err` if the publish itself failed.
-    pub confirms: Vec<Result<PublisherConfirm, String>>,
+    /// The confirm of each message; `Err` with its outcome if it was not
+    /// published (the publish failed, or its exchange does not exist).
+    pub confirms: Vec<Result<PublisherConfirm, PublishOutcome>>,
     /// Receives the outcomes once every confirm is in.
     pub reply: oneshot::Sender<Vec<PublishOutcome>>,
 }
@@ -32,6 +33,7 @@ enum Answer {
     Ack,
     Nack,
     Failed(String),
+    Unpublished(PublishOutcome),
 }
 
 struct Settling {
@@ -67,7 +69,7 @@ pub async fn collect(mut batches: mpsc::UnboundedReceiver<PublishedBatch>) {
                             missing += 1;
                             in_flight.push(confirm.map(move |result| (key, index, result)));
                         }
-                        Err(reason) => answers.push(Some(Answer::Failed(reason))),
+                        Err(outcome) => answers.push(Some(Answer::Unpublished(outcome))),
                     }
                 }
                 settling.insert(key, Settling { ids: batch.ids, answers, missing, reply: batch.reply });
@@ -140,6 +142,7 @@ fn settle_complete(
                         Some(Answer::Ack) => PublishOutcome::Confirmed,
                         Some(Answer::Nack) => PublishOutcome::Nacked,
                         Some(Answer::Failed(reason)) => PublishOutcome::Unknown(reason),
+                        Some(Answer::Unpublished(outcome)) => outcome,
                         None => PublishOutcome::Unknown("no confirm".to_owned()),
                     }
                 })

@@ -1,12 +1,14 @@
-//! The wire contract with consumers: the JSON body and AMQP properties of an
-//! event's message, the same envelope for every kind. Pinned by golden tests;
-//! change only compatibly.
+//! The wire contract with consumers: the body and AMQP properties of an
+//! event's message. The service's own kinds share one JSON envelope; a
+//! scheduled message's body is its stored payload, unchanged. Pinned by
+//! golden tests; change only compatibly.
 
-use actors::model::DueEvent;
+use actors::model::{Body, DueEvent};
 use chrono::{DateTime, SecondsFormat, Utc};
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use serde::Serialize;
+use serde_json::Value;
 
 /// The message body, exactly the shape the original daemon sent for
 /// reminders.
@@ -17,7 +19,7 @@ pub struct Envelope<'a> {
     /// Python's `datetime.isoformat()` produces and every version parses).
     pub timestamp: String,
     /// The event itself, as its kind builds it (`crate::kinds`).
-    pub data: &'a serde_json::Value,
+    pub data: &'a Value,
     /// Trace id of the request that scheduled the event, when known.
     pub trace_id: Option<&'a str>,
 }
@@ -31,13 +33,29 @@ pub fn trace_id(traceparent: &str) -> Option<&str> {
 /// Body and properties of the message for `event`, published at `now`.
 pub fn encode(event: &DueEvent, now: DateTime<Utc>) -> (Vec<u8>, BasicProperties) {
     let traceparent = event.traceparent.as_deref();
-    let envelope = Envelope {
-        event_type: event.message.event_type,
-        timestamp: now.to_rfc3339_opts(SecondsFormat::Micros, false),
-        data: &event.message.data,
-        trace_id: traceparent.and_then(trace_id),
+    let mut headers = FieldTable::default();
+    let body = match &event.message.body {
+        Body::Envelope { event_type, data } => {
+            let envelope = Envelope {
+                event_type,
+                timestamp: now.to_rfc3339_opts(SecondsFormat::Micros, false),
+                data,
+                trace_id: traceparent.and_then(trace_id),
+            };
+            serde_json::to_vec(&envelope).expect("the envelope always serialises")
+        }
+        Body::Stored {
+            payload,
+            headers: stored,
+        } => {
+            for (name, value) in stored.iter().flat_map(|stored| stored.iter()) {
+                if let Some(value) = header_value(value) {
+                    headers.insert(ShortString::from(name.as_str()), value);
+                }
+            }
+            payload.as_bytes().to_vec()
+        }
     };
-    let body = serde_json::to_vec(&envelope).expect("the envelope always serialises");
     let mut properties = BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type(ShortString::from("application/json"))
@@ -48,16 +66,32 @@ pub fn encode(event: &DueEvent, now: DateTime<Utc>) -> (Vec<u8>, BasicProperties
             properties.with_expiration(ShortString::from(expires_in.as_millis().to_string()));
     }
     if let Some(traceparent) = traceparent {
-        let mut headers = FieldTable::default();
         // RabbitMQ rejects short-string header values; long strings are what it
         // sends back to consumers too.
         headers.insert(
             ShortString::from("traceparent"),
             AMQPValue::LongString(LongString::from(traceparent)),
         );
+    }
+    if !headers.inner().is_empty() {
         properties = properties.with_headers(headers);
     }
     (body, properties)
+}
+
+/// The AMQP value of a stored header: strings as long strings, integers as
+/// signed 64-bit, other numbers as doubles, booleans as booleans. The API and
+/// the table accept nothing else; anything else is left out.
+fn header_value(value: &Value) -> Option<AMQPValue> {
+    match value {
+        Value::String(text) => Some(AMQPValue::LongString(LongString::from(text.as_str()))),
+        Value::Bool(flag) => Some(AMQPValue::Boolean(*flag)),
+        Value::Number(number) => Some(match number.as_i64() {
+            Some(integer) => AMQPValue::LongLongInt(integer),
+            None => AMQPValue::Double(number.as_f64()?),
+        }),
+        Value::Null | Value::Array(_) | Value::Object(_) => None,
+    }
 }
 
 #[cfg(test)]
@@ -68,7 +102,7 @@ mod tests {
     use actors::model::Outbound;
 
     use super::*;
-    use crate::kinds::{reminder, status_transition};
+    use crate::kinds::{reminder, scheduled_message, status_transition};
 
     fn reminder() -> DueEvent {
         DueEvent {
@@ -80,12 +114,15 @@ mod tests {
             lateness: Duration::from_millis(1),
             traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned()),
             message: Outbound {
+                exchange: None,
                 routing_key: "game.reminder_due".into(),
-                event_type: reminder::KIND.event_type,
-                data: Arc::new(reminder::message_data(
-                    "0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f9",
-                    15,
-                )),
+                body: Body::Envelope {
+                    event_type: "game.reminder_due",
+                    data: Arc::new(reminder::message_data(
+                        "0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f9",
+                        15,
+                    )),
+                },
             },
         }
     }
@@ -108,13 +145,16 @@ mod tests {
             expires_in: None,
             traceparent: None,
             message: Outbound {
+                exchange: None,
                 routing_key: "game.status_transition_due".into(),
-                event_type: status_transition::KIND.event_type,
-                data: Arc::new(status_transition::message_data(
-                    "0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f9",
-                    "IN_PROGRESS",
-                    "2026-11-29T19:00:00Z".parse().unwrap(),
-                )),
+                body: Body::Envelope {
+                    event_type: "game.status_transition_due",
+                    data: Arc::new(status_transition::message_data(
+                        "0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f9",
+                        "IN_PROGRESS",
+                        "2026-11-29T19:00:00Z".parse().unwrap(),
+                    )),
+                },
             },
             ..reminder()
         };
@@ -162,7 +202,10 @@ mod tests {
             expires_in: None,
             traceparent: None,
             message: Outbound {
-                data: Arc::new(reminder::message_data("legacy-string-id", 15)),
+                body: Body::Envelope {
+                    event_type: "game.reminder_due",
+                    data: Arc::new(reminder::message_data("legacy-string-id", 15)),
+                },
                 ..reminder().message
             },
             ..reminder()
@@ -173,6 +216,53 @@ mod tests {
         assert_eq!(json["data"]["game_id"], "legacy-string-id");
         assert_eq!(properties.expiration(), &None);
         assert_eq!(properties.headers(), &None);
+    }
+
+    #[test]
+    fn a_scheduled_message_is_its_payload_with_its_headers_and_expiration() {
+        let payload = r#"{ "b": 1, "a": [1.50, "\u00e9"] }"#;
+        let headers = serde_json::json!({
+            "tenant": "eu-1", "attempt": 3, "weight": 0.5, "urgent": true,
+        });
+        let serde_json::Value::Object(headers) = headers else {
+            unreachable!()
+        };
+        let message = DueEvent {
+            kind: scheduled_message::KIND.name,
+            expires_in: Some(Duration::from_millis(1_500)),
+            message: Outbound {
+                exchange: Some("billing".into()),
+                routing_key: "invoice.due".into(),
+                body: Body::Stored {
+                    payload: payload.into(),
+                    headers: Some(Arc::new(headers)),
+                },
+            },
+            ..reminder()
+        };
+        let (body, properties) = encode(&message, Utc::now());
+        assert_eq!(body, payload.as_bytes());
+        assert_eq!(properties.delivery_mode(), &Some(2));
+        assert_eq!(
+            properties.message_id().as_ref().map(ShortString::as_str),
+            Some("5f0c6d1e-8a4b-4c1d-9e2f-3a4b5c6d7e8f")
+        );
+        assert_eq!(
+            properties.expiration().as_ref().map(ShortString::as_str),
+            Some("1500")
+        );
+        let headers = properties.headers().as_ref().unwrap().inner();
+        assert_eq!(
+            headers
+                .get("tenant")
+                .and_then(AMQPValue::as_long_string)
+                .map(ToString::to_string),
+            Some("eu-1".to_owned())
+        );
+        assert_eq!(headers.get("attempt"), Some(&AMQPValue::LongLongInt(3)));
+        assert_eq!(headers.get("weight"), Some(&AMQPValue::Double(0.5)));
+        assert_eq!(headers.get("urgent"), Some(&AMQPValue::Boolean(true)));
+        assert!(headers.contains_key("traceparent"));
     }
 
     #[test]

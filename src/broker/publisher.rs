@@ -6,6 +6,8 @@
 //! control), the confirm collector, and the event task that reports flow
 //! control and the loss of the connection or channel to the publisher actor.
 
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actors::model::{DueEvent, PublishOutcome};
@@ -109,9 +111,14 @@ impl BrokerConnector for LapinConnector {
         let (confirm_sender, confirm_receiver) = mpsc::unbounded_channel();
         let collector = tokio::spawn(confirms::collect(confirm_receiver));
         let (writer_sender, writer_receiver) = mpsc::unbounded_channel();
+        let connection = Arc::new(connection);
         let writer = tokio::spawn(write_batches(
+            Exchanges::new(
+                Arc::clone(&connection),
+                &settings.exchange,
+                settings.connect_timeout,
+            ),
             channel.clone(),
-            ShortString::from(settings.exchange.as_str()),
             writer_receiver,
             confirm_sender,
         ));
@@ -127,9 +134,10 @@ impl BrokerConnector for LapinConnector {
 }
 
 fn timed_out() -> lapin::Error {
-    lapin::Error::from(ErrorKind::IOError(std::sync::Arc::new(
-        std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in time"),
-    )))
+    lapin::Error::from(ErrorKind::IOError(Arc::new(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "no answer in time",
+    ))))
 }
 
 /// A batch waiting to be written.
@@ -140,7 +148,7 @@ struct WriteRequest {
 
 /// An open connection and confirm-mode channel.
 pub struct LapinSession {
-    connection: Connection,
+    connection: Arc<Connection>,
     channel: Channel,
     writer: mpsc::UnboundedSender<WriteRequest>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -186,8 +194,8 @@ impl Drop for LapinSession {
 /// Publishes each batch pipelined (every frame queued before the first is
 /// awaited), in arrival order, then hands its confirms to the collector.
 async fn write_batches(
+    mut exchanges: Exchanges,
     channel: Channel,
-    exchange: ShortString,
     mut requests: mpsc::UnboundedReceiver<WriteRequest>,
     collector: mpsc::UnboundedSender<PublishedBatch>,
 ) {
@@ -196,27 +204,37 @@ async fn write_batches(
         ..BasicPublishOptions::default()
     };
     while let Some(request) = requests.recv().await {
+        let targets = exchanges.resolve(&request.events).await;
         let now = Utc::now();
-        let (bodies, properties): (Vec<_>, Vec<_>) = request
+        let encoded: Vec<_> = request
             .events
             .iter()
-            .map(|event| envelope::encode(event, now))
-            .unzip();
-        let publishes = request.events.iter().zip(&bodies).zip(properties).map(
-            |((event, body), properties)| {
-                channel.basic_publish(
-                    exchange.clone(),
-                    ShortString::from(&*event.message.routing_key),
-                    options,
-                    body,
-                    properties,
-                )
-            },
-        );
-        let confirms = join_all(publishes)
-            .await
+            .zip(targets)
+            .map(|(event, target)| {
+                target.map(|exchange| (event, exchange, envelope::encode(event, now)))
+            })
+            .collect();
+        let publishes = encoded.iter().filter_map(|message| {
+            let (event, exchange, (body, properties)) = message.as_ref().ok()?;
+            Some(channel.basic_publish(
+                exchange.clone(),
+                ShortString::from(&*event.message.routing_key),
+                options,
+                body,
+                properties.clone(),
+            ))
+        });
+        let mut published = join_all(publishes).await.into_iter();
+        let confirms = encoded
             .into_iter()
-            .map(|published| published.map_err(|err| err.to_string()))
+            .map(|message| match message {
+                Err(unpublished) => Err(unpublished),
+                Ok(_) => match published.next() {
+                    Some(Ok(confirm)) => Ok(confirm),
+                    Some(Err(err)) => Err(PublishOutcome::Unknown(err.to_string())),
+                    None => Err(PublishOutcome::Unknown("not published".to_owned())),
+                },
+            })
             .collect();
         let batch = PublishedBatch {
             ids: request.events.iter().map(|event| event.id).collect(),
@@ -225,6 +243,101 @@ async fn write_batches(
         };
         if collector.send(batch).is_err() {
             return;
+        }
+    }
+}
+
+/// The exchanges a session publishes to: the configured one, and those that
+/// scheduled messages name, each checked once to exist before its first
+/// publish. Publishing to a missing exchange would close the channel and fail
+/// every message in flight on it; a message for one is reported returned
+/// instead, without publishing.
+struct Exchanges {
+    connection: Arc<Connection>,
+    configured: ShortString,
+    existing: HashSet<Arc<str>>,
+    timeout: Duration,
+}
+
+impl Exchanges {
+    fn new(connection: Arc<Connection>, configured: &str, timeout: Duration) -> Self {
+        Self {
+            connection,
+            configured: ShortString::from(configured),
+            existing: HashSet::new(),
+            timeout,
+        }
+    }
+
+    /// The exchange of each event, or the outcome of an event that cannot be
+    /// published.
+    async fn resolve(&mut self, events: &[DueEvent]) -> Vec<Result<ShortString, PublishOutcome>> {
+        let mut missing: HashMap<Arc<str>, PublishOutcome> = HashMap::new();
+        for event in events {
+            if let Some(name) = &event.message.exchange
+                && **name != *self.configured.as_str()
+                && !self.existing.contains(name)
+                && !missing.contains_key(name)
+            {
+                match self.check(name).await {
+                    Ok(()) => {
+                        self.existing.insert(Arc::clone(name));
+                    }
+                    Err(outcome) => {
+                        missing.insert(Arc::clone(name), outcome);
+                    }
+                }
+            }
+        }
+        events
+            .iter()
+            .map(|event| match &event.message.exchange {
+                None => Ok(self.configured.clone()),
+                Some(name) => match missing.get(name) {
+                    Some(outcome) => Err(outcome.clone()),
+                    None => Ok(ShortString::from(&**name)),
+                },
+            })
+            .collect()
+    }
+
+    /// Checks on a channel of its own that `name` exists: the broker closes
+    /// a channel that declares a missing exchange, even passively.
+    async fn check(&self, name: &str) -> Result<(), PublishOutcome> {
+        let unknown = |reason: String| {
+            PublishOutcome::Unknown(format!("checking that exchange '{name}' exists: {reason}"))
+        };
+        let checked = tokio::time::timeout(self.timeout, async {
+            let channel = self.connection.create_channel().await?;
+            let declared = channel
+                .exchange_declare(
+                    ShortString::from(name),
+                    ExchangeKind::Topic,
+                    ExchangeDeclareOptions {
+                        passive: true,
+                        ..ExchangeDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await;
+            if declared.is_ok() {
+                let _ = channel.close(200, ShortString::from("checked")).await;
+            }
+            declared
+        })
+        .await
+        .map_err(|_| unknown("no answer in time".to_owned()))?;
+        match checked {
+            Ok(()) => Ok(()),
+            Err(err) if matches!(err.kind(), ErrorKind::ProtocolError(amqp) if amqp.get_id() == 404) =>
+            {
+                tracing::warn!(
+                    exchange = name,
+                    "a scheduled message names an exchange that does not exist; it stays pending"
+                );
+                Err(PublishOutcome::Returned)
+            }
+            Err(err) => Err(unknown(err.to_string())),
         }
     }
 }

@@ -1,5 +1,5 @@
 //! `notification-scheduler watch`: binds a temporary queue to the exchange
-//! with the routing key of every kind and prints each event as it is
+//! with the routing key of every kind of the service's own events and prints each event as it is
 //! delivered, until Ctrl-C.
 
 use crate::broker::consumer::{QueueKind, ReminderConsumer};
@@ -10,7 +10,10 @@ use crate::{kinds, shutdown};
 /// is left to the reader; the body is printed as sent.
 pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
     let delivered = kinds::delivered(&args.rabbitmq_routing_key);
-    let routing_keys: Vec<&str> = delivered.iter().map(|d| &*d.routing_key).collect();
+    let routing_keys: Vec<&str> = delivered
+        .iter()
+        .filter_map(|d| d.routing_key.as_deref())
+        .collect();
     let mut consumer = ReminderConsumer::bind(
         &args.rabbitmq_url,
         &args.rabbitmq_exchange,

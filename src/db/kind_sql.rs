@@ -15,23 +15,24 @@ use crate::kinds::{Expiry, Kind};
 /// in milliseconds: a row is stale when its game has started and it is more
 /// than the grace late (a 0-minute reminder is due exactly at the start and
 /// must still go out), and its message expires when it would become stale.
+/// With [`Expiry::AtColumn`] a row is stale once that time has passed, and
+/// its message expires then.
 pub fn claim(kind: &Kind) -> String {
     let Kind {
         table,
         time_column: time,
-        done_column: done,
+        progress,
         done_at_column: done_at,
-        data_columns,
+        message,
         ..
     } = kind;
-    let (outcome, stale, expires_in_ms) = match kind.expiry {
+    let (stale, skipped, expires_in_ms) = match kind.expiry {
         Expiry::AtGameStart => (
             format!(
-                "CASE WHEN statement_timestamp() > s.game_scheduled_at \
-                       AND statement_timestamp() > s.{time} + $2::bigint * interval '1 millisecond' \
-                      THEN 'skipped_stale' ELSE 'published' END"
+                "statement_timestamp() > s.game_scheduled_at \
+                 AND statement_timestamp() > s.{time} + $2::bigint * interval '1 millisecond'"
             ),
-            "s.outcome = 'skipped_stale'".to_owned(),
+            "skipped_stale",
             format!(
                 "CASE WHEN s.game_scheduled_at IS NOT NULL THEN \
                    (extract(epoch FROM greatest(s.game_scheduled_at, \
@@ -39,23 +40,34 @@ pub fn claim(kind: &Kind) -> String {
                     - statement_timestamp()) * 1000)::bigint END"
             ),
         ),
+        Expiry::AtColumn(expires) => (
+            format!("statement_timestamp() >= s.{expires}"),
+            "expired",
+            format!(
+                "floor(extract(epoch FROM s.{expires} - statement_timestamp()) * 1000)::bigint"
+            ),
+        ),
         Expiry::Never => (
-            "'published'".to_owned(),
             "false".to_owned(),
+            "skipped_stale",
             "NULL::bigint".to_owned(),
         ),
     };
+    let pending = progress.pending();
+    let mark_done = progress.mark_done(&format!("coalesce({stale}, false)"));
+    let columns = message.columns();
     format!(
         "UPDATE {table} AS s \
-            SET {done} = true, {done_at} = statement_timestamp(), outcome = {outcome} \
+            SET {mark_done}, {done_at} = statement_timestamp(), \
+                outcome = CASE WHEN coalesce({stale}, false) THEN '{skipped}' ELSE 'published' END \
            FROM (SELECT ctid FROM {table} \
-                  WHERE NOT {done} AND {time} <= statement_timestamp() \
+                  WHERE {pending} AND {time} <= statement_timestamp() \
                   ORDER BY {time} LIMIT $1 \
                     FOR UPDATE SKIP LOCKED) AS due \
           WHERE s.ctid = due.ctid \
-         RETURNING s.id, s.{time}, {stale} AS stale, {expires_in_ms} AS expires_in_ms, \
+         RETURNING s.id, s.{time}, s.outcome <> 'published' AS stale, {expires_in_ms} AS expires_in_ms, \
                    (extract(epoch FROM statement_timestamp() - s.{time}) * 1000000)::bigint AS lateness_us, \
-                   s.traceparent, {data_columns}"
+                   s.traceparent, {columns}"
     )
 }
 
@@ -65,12 +77,13 @@ pub fn claim(kind: &Kind) -> String {
 pub fn release(kind: &Kind) -> String {
     let Kind {
         table,
-        done_column: done,
+        progress,
         done_at_column: done_at,
         ..
     } = kind;
+    let mark_pending = progress.mark_pending();
     format!(
-        "UPDATE {table} SET {done} = false, {done_at} = NULL, outcome = NULL \
+        "UPDATE {table} SET {mark_pending}, {done_at} = NULL, outcome = NULL \
           WHERE id = ANY ($1::uuid[])"
     )
 }
@@ -85,12 +98,13 @@ pub fn next_due<'a>(kinds: impl IntoIterator<Item = &'a Kind>) -> String {
             let Kind {
                 table,
                 time_column: time,
-                done_column: done,
+                progress,
                 ..
             } = kind;
+            let pending = progress.pending();
             format!(
                 "(SELECT {time} AS due_at FROM {table} \
-                   WHERE NOT {done} AND NOT (id = ANY ($1::uuid[])) \
+                   WHERE {pending} AND NOT (id = ANY ($1::uuid[])) \
                    ORDER BY {time} LIMIT 1)"
             )
         })
@@ -110,14 +124,15 @@ pub fn observe(kind: &Kind) -> String {
     let Kind {
         table,
         time_column: time,
-        done_column: done,
+        progress,
         ..
     } = kind;
+    let pending = progress.pending();
     format!(
         "SELECT count(*)::bigint, \
                 count(*) FILTER (WHERE {time} <= clock_timestamp())::bigint, \
                 extract(epoch FROM min({time}) - clock_timestamp())::float8 \
-           FROM {table} WHERE NOT {done}"
+           FROM {table} WHERE {pending}"
     )
 }
 
@@ -127,10 +142,11 @@ pub fn delete_expired(kind: &Kind) -> String {
     let Kind {
         table,
         time_column: time,
-        done_column: done,
+        progress,
         done_at_column: done_at,
         ..
     } = kind;
+    let done = progress.done();
     format!(
         "DELETE FROM {table} \
           WHERE ctid = ANY (ARRAY( \

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actors::model::{DueEvent, NextDue, Outbound};
+use actors::model::{Body, DueEvent, NextDue, Outbound};
 use actors::ports::{Claim, PortError, ScheduleStore};
 use deadpool_postgres::{Object, Pool};
 use futures_util::future::try_join_all;
@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::{DbError, kind_sql};
 use crate::config::DatabaseUrl;
-use crate::kinds::{Delivered, Expiry};
+use crate::kinds::{Delivered, Expiry, Message};
 
 /// Settings of the store.
 #[derive(Debug, Clone)]
@@ -126,7 +126,7 @@ impl ScheduleStore for PgScheduleStore {
                 let claims = self.kinds.iter().zip(&statements).map(|(kind, statement)| {
                     let params = match kind.delivered.kind.expiry {
                         Expiry::AtGameStart => &with_grace[..],
-                        Expiry::Never => &with_grace[..1],
+                        Expiry::AtColumn(_) | Expiry::Never => &with_grace[..1],
                     };
                     client.query(statement, params)
                 });
@@ -182,6 +182,17 @@ fn event_from_row(delivered: &Delivered, row: &tokio_postgres::Row) -> DueEvent 
     let kind = delivered.kind;
     let expires_in_ms: Option<i64> = row.get("expires_in_ms");
     let lateness_us: i64 = row.get("lateness_us");
+    let message = match (&kind.message, &delivered.routing_key) {
+        (Message::Envelope(envelope), Some(routing_key)) => Outbound {
+            exchange: None,
+            routing_key: Arc::clone(routing_key),
+            body: Body::Envelope {
+                event_type: envelope.event_type,
+                data: Arc::new((envelope.data)(row)),
+            },
+        },
+        _ => stored_message(row),
+    };
     DueEvent {
         kind: kind.name,
         id: row.get("id"),
@@ -190,10 +201,26 @@ fn event_from_row(delivered: &Delivered, row: &tokio_postgres::Row) -> DueEvent 
         expires_in: expires_in_ms.map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
         lateness: Duration::from_micros(u64::try_from(lateness_us).unwrap_or(0)),
         traceparent: row.get("traceparent"),
-        message: Outbound {
-            routing_key: Arc::clone(&delivered.routing_key),
-            event_type: kind.event_type,
-            data: Arc::new((kind.data)(row)),
+        message,
+    }
+}
+
+/// The message a row of a [`Message::Stored`] kind holds.
+fn stored_message(row: &tokio_postgres::Row) -> Outbound {
+    let exchange: Option<String> = row.get("exchange");
+    let routing_key: String = row.get("routing_key");
+    let payload: String = row.get("payload");
+    // The table's CHECK keeps headers an object.
+    let headers = match row.get::<_, Option<serde_json::Value>>("headers") {
+        Some(serde_json::Value::Object(headers)) => Some(Arc::new(headers)),
+        _ => None,
+    };
+    Outbound {
+        exchange: exchange.map(Arc::from),
+        routing_key: Arc::from(routing_key),
+        body: Body::Stored {
+            payload: Arc::from(payload),
+            headers,
         },
     }
 }
@@ -215,7 +242,6 @@ impl Claim for PgClaim {
     async fn commit(mut self, undelivered: Vec<Uuid>) -> Result<(), PortError> {
         // Cancelled or failed half-way, the session closes the connection.
         let client = Session(self.client.take());
-        let nothing_delivered = undelivered.len() == self.events.len();
         let undelivered_ids: HashSet<Uuid> = undelivered.iter().copied().collect();
         let mut by_kind: HashMap<&str, Vec<Uuid>> = HashMap::new();
         for event in self
@@ -235,9 +261,6 @@ impl Claim for PgClaim {
             })
             .collect();
         let committed = tokio::time::timeout(self.query_timeout, async {
-            if nothing_delivered {
-                return client.batch_execute("ROLLBACK").await;
-            }
             let statements = try_join_all(
                 releases
                     .iter()

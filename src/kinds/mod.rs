@@ -6,8 +6,11 @@
 //!
 //! - [`reminder`]: "game G starts in N minutes" (`notification_schedule`).
 //! - [`status_transition`]: "game G becomes STATUS" (`game_status_schedule`).
+//! - [`scheduled_message`]: any message an application wants published at a
+//!   time (`scheduled_message`).
 
 pub mod reminder;
+pub mod scheduled_message;
 pub mod status_transition;
 
 use std::sync::Arc;
@@ -25,13 +28,83 @@ pub struct Kind {
     pub table: &'static str,
     /// When a row is due (`timestamptz`).
     pub time_column: &'static str,
-    /// Whether a row has been dealt with (`boolean`).
-    pub done_column: &'static str,
+    /// How a row records that it has been dealt with.
+    pub progress: Progress,
     /// When it was dealt with (`timestamptz`).
     pub done_at_column: &'static str,
     /// The channel its statement-level trigger notifies, with the payload
     /// `{"operation": …, "earliest_<time_column>": …}`.
     pub channel: &'static str,
+    /// What is published for a row.
+    pub message: Message,
+    /// When a late row is no longer worth publishing.
+    pub expiry: Expiry,
+}
+
+/// How a kind's rows record that they have been dealt with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Progress {
+    /// A boolean column, true once the row was published or skipped.
+    Flag(&'static str),
+    /// A `state` text column, `'pending'` until the daemon publishes the row
+    /// (`'sent'`) or finds it expired (`'expired'`), or its writer cancels it;
+    /// and an `attempts` integer column counting the publishes that reached
+    /// the broker.
+    State,
+}
+
+impl Progress {
+    /// SQL predicate: the row is still to be delivered.
+    pub fn pending(self) -> String {
+        match self {
+            Self::Flag(done) => format!("NOT {done}"),
+            Self::State => "state = 'pending'".to_owned(),
+        }
+    }
+
+    /// SQL predicate: the row has been dealt with (the retention sweep's).
+    pub fn done(self) -> String {
+        match self {
+            Self::Flag(done) => done.to_owned(),
+            Self::State => "state <> 'pending'".to_owned(),
+        }
+    }
+
+    /// SQL assignments marking a claimed row of table alias `s` dealt with;
+    /// `stale` is the SQL predicate saying it came too late to be published.
+    pub fn mark_done(self, stale: &str) -> String {
+        match self {
+            Self::Flag(done) => format!("{done} = true"),
+            Self::State => format!(
+                "state = CASE WHEN {stale} THEN 'expired' ELSE 'sent' END, \
+                 attempts = s.attempts + CASE WHEN {stale} THEN 0 ELSE 1 END"
+            ),
+        }
+    }
+
+    /// SQL assignment returning a claimed row to pending.
+    pub fn mark_pending(self) -> String {
+        match self {
+            Self::Flag(done) => format!("{done} = false"),
+            Self::State => "state = 'pending'".to_owned(),
+        }
+    }
+}
+
+/// What a kind publishes for a row.
+#[derive(Debug)]
+pub enum Message {
+    /// The service's envelope (`{"event_type", "timestamp", "data",
+    /// "trace_id"}`) on the configured exchange.
+    Envelope(EnvelopeMessage),
+    /// The row's own `payload`, `headers`, `exchange` and `routing_key`,
+    /// published as written.
+    Stored,
+}
+
+/// How an envelope kind builds its message.
+#[derive(Debug)]
+pub struct EnvelopeMessage {
     /// The envelope's `event_type`.
     pub event_type: &'static str,
     /// The routing key its messages are published with, unless configured.
@@ -41,8 +114,16 @@ pub struct Kind {
     pub data_columns: &'static str,
     /// Builds the envelope's `data` object from a claimed row.
     pub data: fn(&Row) -> Value,
-    /// When a late row is no longer worth publishing.
-    pub expiry: Expiry,
+}
+
+impl Message {
+    /// Row columns (qualified by `s.`) the claim returns to build the message.
+    pub fn columns(&self) -> &'static str {
+        match self {
+            Self::Envelope(envelope) => envelope.data_columns,
+            Self::Stored => "s.exchange, s.routing_key, s.payload::text AS payload, s.headers",
+        }
+    }
 }
 
 /// When an event of a kind stops being useful.
@@ -52,30 +133,40 @@ pub enum Expiry {
     /// the stale grace late, it is skipped; its message expires then. Rows
     /// without a game start never expire.
     AtGameStart,
+    /// At the time in this (nullable) column: a row that comes due after it
+    /// is not published, and its message expires then.
+    AtColumn(&'static str),
     /// Never: delivered however late, without an AMQP expiration.
     Never,
 }
 
 /// Every kind this daemon delivers.
-pub const ALL: [&Kind; 2] = [&reminder::KIND, &status_transition::KIND];
+pub const ALL: [&Kind; 3] = [
+    &reminder::KIND,
+    &status_transition::KIND,
+    &scheduled_message::KIND,
+];
 
-/// A kind as one daemon runs it: with the routing key its messages get.
+/// A kind as one daemon runs it: with the routing key its envelope messages
+/// get (`None` for kinds whose rows name their own).
 #[derive(Debug, Clone)]
 pub struct Delivered {
     pub kind: &'static Kind,
-    pub routing_key: Arc<str>,
+    pub routing_key: Option<Arc<str>>,
 }
 
 /// Every kind with its routing key; reminders use `reminder_routing_key`
-/// (`RABBITMQ_ROUTING_KEY`), the others their declared key.
+/// (`RABBITMQ_ROUTING_KEY`), the other envelope kinds their declared key.
 pub fn delivered(reminder_routing_key: &str) -> Vec<Delivered> {
     ALL.iter()
         .map(|&kind| Delivered {
             kind,
-            routing_key: if kind.name == reminder::KIND.name {
-                Arc::from(reminder_routing_key)
-            } else {
-                Arc::from(kind.default_routing_key)
+            routing_key: match &kind.message {
+                Message::Envelope(_) if kind.name == reminder::KIND.name => {
+                    Some(Arc::from(reminder_routing_key))
+                }
+                Message::Envelope(envelope) => Some(Arc::from(envelope.default_routing_key)),
+                Message::Stored => None,
             },
         })
         .collect()
@@ -88,15 +179,16 @@ mod tests {
     #[test]
     fn only_reminders_take_the_configured_routing_key() {
         let delivered = delivered("custom.reminders");
-        let keys: Vec<(&str, &str)> = delivered
+        let keys: Vec<(&str, Option<&str>)> = delivered
             .iter()
-            .map(|d| (d.kind.name, &*d.routing_key))
+            .map(|d| (d.kind.name, d.routing_key.as_deref()))
             .collect();
         assert_eq!(
             keys,
             [
-                ("reminder", "custom.reminders"),
-                ("status_transition", "game.status_transition_due"),
+                ("reminder", Some("custom.reminders")),
+                ("status_transition", Some("game.status_transition_due")),
+                ("scheduled_message", None),
             ]
         );
     }

@@ -5,21 +5,23 @@
 use serde_json::json;
 use tokio_postgres::Row;
 
-use super::{Expiry, Kind};
+use super::{EnvelopeMessage, Expiry, Kind, Message, Progress};
 
 /// The reminder kind.
 pub const KIND: Kind = Kind {
     name: "reminder",
     table: "notification_schedule",
     time_column: "notification_time",
-    done_column: "sent",
+    progress: Progress::Flag("sent"),
     done_at_column: "sent_at",
     channel: "notification_schedule_changed",
-    event_type: "game.reminder_due",
-    default_routing_key: "game.reminder_due",
-    // The game's id as text: a UUID, or a legacy string id in adopted databases.
-    data_columns: "s.game_id::text AS game_id, s.reminder_minutes",
-    data,
+    message: Message::Envelope(EnvelopeMessage {
+        event_type: "game.reminder_due",
+        default_routing_key: "game.reminder_due",
+        // The game's id as text: a UUID, or a legacy string id in adopted databases.
+        data_columns: "s.game_id::text AS game_id, s.reminder_minutes",
+        data,
+    }),
     expiry: Expiry::AtGameStart,
 };
 

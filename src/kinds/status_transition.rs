@@ -6,21 +6,26 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::json;
 use tokio_postgres::Row;
 
-use super::{Expiry, Kind};
+use super::{EnvelopeMessage, Expiry, Kind, Message, Progress};
+
+/// The routing key of status transitions.
+pub const ROUTING_KEY: &str = "game.status_transition_due";
 
 /// The status transition kind.
 pub const KIND: Kind = Kind {
     name: "status_transition",
     table: "game_status_schedule",
     time_column: "transition_time",
-    done_column: "executed",
+    progress: Progress::Flag("executed"),
     done_at_column: "executed_at",
     channel: "game_status_schedule_changed",
-    event_type: "game.status_transition_due",
-    default_routing_key: "game.status_transition_due",
-    // The game's id as text: a UUID, or a legacy string id in adopted databases.
-    data_columns: "s.game_id::text AS game_id, s.target_status",
-    data,
+    message: Message::Envelope(EnvelopeMessage {
+        event_type: "game.status_transition_due",
+        default_routing_key: ROUTING_KEY,
+        // The game's id as text: a UUID, or a legacy string id in adopted databases.
+        data_columns: "s.game_id::text AS game_id, s.target_status",
+        data,
+    }),
     expiry: Expiry::Never,
 };
 

@@ -190,12 +190,21 @@ impl TestBroker {
     }
 }
 
+/// Scheduled messages in tests use routing keys under this prefix, which
+/// every test consumer binds.
+pub const MESSAGE_ROUTING_KEYS: &str = "scheduled.#";
+
 /// A [`ReminderConsumer`] on `exchange` at `url` for the routing key of every
-/// kind: the exchange, the queue and its bindings declared as the bot does.
+/// kind (and [`MESSAGE_ROUTING_KEYS`]): the exchange, the queue and its
+/// bindings declared as the bot does.
 pub async fn bind(url: &str, exchange: &str, queue: QueueKind) -> ReminderConsumer {
     let broker_url: BrokerUrl = url.parse().expect("a valid broker URL");
     let kinds = notification_scheduler::kinds::delivered(ROUTING_KEY);
-    let routing_keys: Vec<&str> = kinds.iter().map(|kind| &*kind.routing_key).collect();
+    let routing_keys: Vec<&str> = kinds
+        .iter()
+        .filter_map(|kind| kind.routing_key.as_deref())
+        .chain([MESSAGE_ROUTING_KEYS])
+        .collect();
     // Messages are taken without acknowledgements, so the prefetch is moot.
     ReminderConsumer::bind(&broker_url, exchange, &routing_keys, queue, 1_000)
         .await
@@ -232,6 +241,9 @@ impl Drop for TestBroker {
 pub struct Received {
     pub message_id: String,
     pub body: serde_json::Value,
+    /// The body as published.
+    pub raw_body: Vec<u8>,
+    pub properties: lapin::BasicProperties,
     pub expiration: Option<String>,
     pub traceparent: Option<String>,
     pub received_at: chrono::DateTime<chrono::Utc>,
@@ -243,6 +255,8 @@ impl From<consumer::Received> for Received {
         Self {
             message_id: message.message_id.unwrap_or_default(),
             body: serde_json::from_slice(&message.body).expect("JSON body"),
+            raw_body: message.body.clone(),
+            properties: message.properties.clone(),
             expiration: properties.expiration().as_ref().map(ToString::to_string),
             traceparent: properties
                 .headers()

@@ -10,7 +10,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::model::{DueEvent, NextDue, Outbound, PublishOutcome};
+use crate::model::{Body, DueEvent, NextDue, Outbound, PublishOutcome};
 use crate::ports::{
     BrokerConnector, BrokerEvent, BrokerSession, Claim, EventSink, ListenConnector, ListenEvent,
     ListenSession, PendingConfirms, PortError, ScheduleStore,
@@ -194,11 +194,14 @@ impl ScheduleStore for FakeStore {
                     lateness: (now - row.at).to_std().unwrap_or_default(),
                     traceparent: None,
                     message: Outbound {
+                        exchange: None,
                         routing_key: "game.reminder_due".into(),
-                        event_type: "game.reminder_due",
-                        data: Arc::new(
-                            serde_json::json!({ "game_id": "game", "reminder_minutes": 0 }),
-                        ),
+                        body: Body::Envelope {
+                            event_type: "game.reminder_due",
+                            data: Arc::new(
+                                serde_json::json!({ "game_id": "game", "reminder_minutes": 0 }),
+                            ),
+                        },
                     },
                 }
             })
