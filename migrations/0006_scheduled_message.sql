@@ -21,10 +21,12 @@ CREATE TABLE IF NOT EXISTS scheduled_message (
     -- the time left until then.
     expires_at  timestamptz NULL,
     -- pending: waiting for deliver_at; sent: published and confirmed;
-    -- expired: came due after expires_at, not published; cancelled.
+    -- expired: came due after expires_at, not published; cancelled;
+    -- dead_lettered: refused by the broker on every attempt, kept until
+    -- retried or discarded (0007_delivery_attempts.sql).
     state       text        NOT NULL DEFAULT 'pending'
-                            CHECK (state IN ('pending', 'sent', 'expired', 'cancelled')),
-    -- Claims that reached the broker (a returned message is tried again).
+                            CHECK (state IN ('pending', 'sent', 'expired', 'cancelled', 'dead_lettered')),
+    -- Publishes the broker answered: confirmed, returned or refused.
     attempts    integer     NOT NULL DEFAULT 0,
     -- When the daemon dealt with it (published or found it expired), or when
     -- it was cancelled.

@@ -393,7 +393,7 @@ async fn moves_racing_with_delivery_deliver_each_message_once_never_before_its_t
 }
 
 #[tokio::test]
-async fn a_message_for_a_missing_exchange_stays_pending_and_the_others_go_out_once() {
+async fn a_message_for_a_missing_exchange_waits_for_a_retry_and_the_others_go_out_once() {
     let (db, broker) = (TestDb::migrated().await, TestBroker::new().await);
     let mut consumer = broker.consumer().await;
     let client = db.client().await;
@@ -417,13 +417,88 @@ async fn a_message_for_a_missing_exchange_stays_pending_and_the_others_go_out_on
     wait_for("the stuck message counted as attempted", WAIT, || async {
         let row = client
             .query_one(
-                "SELECT state, attempts FROM scheduled_message WHERE id = $1",
+                "SELECT state, attempts, last_error, next_attempt_at > now() \
+                   FROM scheduled_message WHERE id = $1",
                 &[&stuck],
             )
             .await
             .unwrap();
-        row.get::<_, String>(0) == "pending" && row.get::<_, i32>(1) >= 1
+        row.get::<_, String>(0) == "pending"
+            && row.get::<_, i32>(1) >= 1
+            && row.get::<_, Option<String>>(2).is_some_and(|error| {
+                error.contains(&format!("exchange '{missing}' does not exist"))
+            })
+            && row.get::<_, Option<bool>>(3) == Some(true)
     })
     .await;
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_unroutable_message_is_retried_then_dead_lettered_while_the_rest_go_out_on_time() {
+    let (db, broker) = (TestDb::migrated().await, TestBroker::new().await);
+    let mut consumer = broker.consumer().await;
+    let daemon = start_daemon(
+        &db,
+        &broker,
+        &[
+            "--retry-base",
+            "100ms",
+            "--retry-max",
+            "400ms",
+            "--max-attempts",
+            "4",
+        ],
+    )
+    .await;
+    let client = db.client().await;
+    // No queue is bound for this key: the broker returns it on every attempt.
+    let unroutable = write(&client, "unbound.nobody", "{}", &[0]).await[0].id;
+    let reminders = common::schedule::schedule(&client, 3_600_000, &[300, 600, 900]).await;
+    let messages = write(&client, "scheduled.meanwhile", "{}", &[450, 750]).await;
+    wait_for("the unroutable message dead-lettered", WAIT, || async {
+        client
+            .query_one(
+                "SELECT state = 'dead_lettered' FROM scheduled_message WHERE id = $1",
+                &[&unroutable],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    })
+    .await;
+    let received = consumer.take(reminders.len() + messages.len()).await;
+    consumer.assert_quiet(Duration::from_millis(300)).await;
+    let due: HashMap<String, DateTime<Utc>> = reminders
+        .iter()
+        .map(|r| (r.id.to_string(), r.at))
+        .chain(messages.iter().map(|m| (m.id.to_string(), m.at)))
+        .collect();
+    for message in &received {
+        let late = message.received_at - due[&message.message_id];
+        // Before per-message retries, each refusal restarted the scheduler
+        // after a crash backoff growing to 10 s, and everything waited.
+        assert!(
+            late >= chrono::Duration::zero() && late < chrono::Duration::seconds(1),
+            "{} was {late} late",
+            message.message_id
+        );
+    }
+    let row = client
+        .query_one(
+            "SELECT attempts, last_error, outcome, dead_lettered_at IS NOT NULL, next_attempt_at \
+               FROM scheduled_message WHERE id = $1",
+            &[&unroutable],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 4);
+    assert!(
+        row.get::<_, String>(1)
+            .contains("no queue is bound for routing key 'unbound.nobody'")
+    );
+    assert_eq!(row.get::<_, String>(2), "dead_lettered");
+    assert!(row.get::<_, bool>(3));
+    assert_eq!(row.get::<_, Option<DateTime<Utc>>>(4), None);
     daemon.shutdown().await;
 }

@@ -1,13 +1,13 @@
 //! The PostgreSQL store held to the store contract (`actors::testing::contract`)
 //! that the in-memory fake of the actor tests meets too: claim order, SKIP
 //! LOCKED contention, stale skipping and expiry, next-due past in-flight rows,
-//! partial commits, drop means rollback.
+//! partial commits, retries and dead letters, drop means rollback.
 
 pub mod common;
 
 use std::time::Duration;
 
-use actors::testing::contract::{ContractFixture, RowState, STALE_GRACE};
+use actors::testing::contract::{ContractFixture, RETRY, RowState, STALE_GRACE};
 use chrono::TimeDelta;
 use common::TestDb;
 use notification_scheduler::db::schedule_store::{PgScheduleStore, StoreSettings};
@@ -34,6 +34,7 @@ impl PgFixture {
                 claim_timeout: Duration::from_secs(30),
                 stale_grace: STALE_GRACE,
                 query_timeout: timeout,
+                retry: RETRY,
             },
             kinds::delivered("game.reminder_due"),
         );
@@ -79,11 +80,15 @@ impl ContractFixture for PgFixture {
         let row = self
             .client
             .query_one(
-                "SELECT sent, outcome FROM notification_schedule WHERE id = $1",
+                "SELECT sent, outcome, dead_lettered_at IS NOT NULL \
+                   FROM notification_schedule WHERE id = $1",
                 &[&id],
             )
             .await
             .expect("read a reminder");
+        if row.get(2) {
+            return RowState::DeadLettered;
+        }
         match (row.get(0), row.get::<_, Option<&str>>(1)) {
             (false, _) => RowState::Pending,
             (true, Some("skipped_stale")) => RowState::SkippedStale,

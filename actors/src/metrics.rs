@@ -52,6 +52,8 @@ impl Outcome {
 
 struct Instruments {
     delivered: Counter<u64>,
+    retries: Counter<u64>,
+    dead_letters: Counter<u64>,
     lateness: Histogram<f64>,
     batch_size: Histogram<u64>,
     reconnects: Counter<u64>,
@@ -74,6 +76,18 @@ fn instruments() -> &'static Instruments {
                 .with_description(
                     "Claimed events by kind and outcome: sent, skipped_stale, returned, failed",
                 )
+                .build(),
+            retries: meter
+                .u64_counter("notification_scheduler.retries")
+                .with_unit("{event}")
+                .with_description(
+                    "Events the broker refused, by kind, that wait for another attempt",
+                )
+                .build(),
+            dead_letters: meter
+                .u64_counter("notification_scheduler.dead_letters")
+                .with_unit("{event}")
+                .with_description("Events dead-lettered after their last attempt, by kind")
                 .build(),
             lateness: meter
                 .f64_histogram("notification_scheduler.reminder.lateness")
@@ -123,6 +137,24 @@ pub fn events(kind: &'static str, outcome: Outcome, count: usize) {
                 KeyValue::new("outcome", outcome.as_str()),
             ],
         );
+    }
+}
+
+/// Counts `count` refused events of `kind` that will be tried again.
+pub fn retries(kind: &'static str, count: usize) {
+    if count > 0 {
+        instruments()
+            .retries
+            .add(count as u64, &[KeyValue::new("kind", kind)]);
+    }
+}
+
+/// Counts `count` events of `kind` dead-lettered after their last attempt.
+pub fn dead_lettered(kind: &'static str, count: usize) {
+    if count > 0 {
+        instruments()
+            .dead_letters
+            .add(count as u64, &[KeyValue::new("kind", kind)]);
     }
 }
 

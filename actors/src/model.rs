@@ -96,6 +96,9 @@ pub enum PublishOutcome {
     Nacked,
     /// Confirmed, but returned as unroutable: no queue is bound for it.
     Returned,
+    /// Not published: the broker adapter found it cannot be (its exchange
+    /// does not exist).
+    Unpublishable(String),
     /// No answer: timeout, or the channel or connection closed first.
     Unknown(String),
 }

@@ -6,6 +6,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use uuid::Uuid;
 
@@ -120,8 +121,46 @@ pub trait Claim: Send + 'static {
     fn events(&self) -> &[DueEvent];
 
     /// Records every claimed event as published (or skipped, if stale)
-    /// except `undelivered`, which stay pending, and releases the claim.
-    fn commit(self, undelivered: Vec<Uuid>) -> impl Future<Output = Result<(), PortError>> + Send;
+    /// except `undelivered`, which stay pending (a refused one until its next
+    /// attempt, or dead-lettered after its last), and releases the claim.
+    /// Returns the ids of the events dead-lettered.
+    fn commit(
+        self,
+        undelivered: Vec<Undelivered>,
+    ) -> impl Future<Output = Result<Vec<Uuid>, PortError>> + Send;
+}
+
+/// When a refused event is tried again, and how often.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// The delay after the first refusal; it doubles with each further one.
+    pub base: Duration,
+    /// The longest delay.
+    pub max: Duration,
+    /// Refusals after which an event is dead-lettered.
+    pub max_attempts: u32,
+}
+
+impl RetryPolicy {
+    /// The delay before the next attempt of an event refused `attempts`
+    /// times, before jitter (stores spread it over its upper half, so that
+    /// events refused together are not retried together).
+    pub fn delay(&self, attempts: u32) -> Duration {
+        let doublings = attempts.saturating_sub(1).min(30);
+        self.base.saturating_mul(1 << doublings).min(self.max)
+    }
+}
+
+/// A claimed event the broker did not take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Undelivered {
+    pub id: Uuid,
+    /// Why the broker refused this very message (returned it, nacked it, or
+    /// it could not be published): a failed attempt. It is tried again after
+    /// a delay that grows with its attempts, and dead-lettered after the
+    /// last. `None`: nobody answered (the connection was lost), which says
+    /// nothing about the message: it is tried again at once.
+    pub refusal: Option<String>,
 }
 
 /// A way to open broker sessions (one per publisher incarnation).

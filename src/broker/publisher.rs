@@ -250,7 +250,7 @@ async fn write_batches(
 /// The exchanges a session publishes to: the configured one, and those that
 /// scheduled messages name, each checked once to exist before its first
 /// publish. Publishing to a missing exchange would close the channel and fail
-/// every message in flight on it; a message for one is reported returned
+/// every message in flight on it; a message for one is reported unpublishable
 /// instead, without publishing.
 struct Exchanges {
     connection: Arc<Connection>,
@@ -329,13 +329,10 @@ impl Exchanges {
         .map_err(|_| unknown("no answer in time".to_owned()))?;
         match checked {
             Ok(()) => Ok(()),
-            Err(err) if matches!(err.kind(), ErrorKind::ProtocolError(amqp) if amqp.get_id() == 404) =>
-            {
-                tracing::warn!(
-                    exchange = name,
-                    "a scheduled message names an exchange that does not exist; it stays pending"
-                );
-                Err(PublishOutcome::Returned)
+            Err(err) if matches!(err.kind(), ErrorKind::ProtocolError(amqp) if amqp.get_id() == 404) => {
+                Err(PublishOutcome::Unpublishable(format!(
+                    "exchange '{name}' does not exist"
+                )))
             }
             Err(err) => Err(unknown(err.to_string())),
         }

@@ -157,6 +157,22 @@ pub struct DaemonArgs {
     #[arg(long, env = "STALE_GRACE", default_value = "60s", value_parser = parse::duration)]
     pub stale_grace: Duration,
 
+    /// Delay before the second attempt of an event the broker refused
+    /// (returned as unroutable, nacked, or naming a missing exchange); it
+    /// doubles with each further refusal. Other events are not held up.
+    #[arg(long, env = "DELIVERY_RETRY_BASE", default_value = "1s", value_parser = parse::positive_duration)]
+    pub retry_base: Duration,
+
+    /// Longest delay between attempts of a refused event.
+    #[arg(long, env = "DELIVERY_RETRY_MAX", default_value = "5m", value_parser = parse::positive_duration)]
+    pub retry_max: Duration,
+
+    /// Refusals after which an event is dead-lettered: kept, counted and
+    /// listed (`notification-scheduler dead-letters`), not delivered until
+    /// retried. The defaults give about 17 minutes to bind a missing queue.
+    #[arg(long, env = "DELIVERY_MAX_ATTEMPTS", default_value = "10", value_parser = parse::bounded_integer(1, 1_000))]
+    pub max_attempts: usize,
+
     /// Period of the full re-read of the schedule that catches changes whose
     /// notification was lost.
     #[arg(long, env = "SAFETY_CHECK_INTERVAL", default_value = "5m", value_parser = parse::positive_duration)]
@@ -222,6 +238,15 @@ impl DaemonArgs {
                 reason: format!(
                     "is {:?}; it must exceed RABBITMQ_CONFIRM_TIMEOUT ({:?}), or a batch awaiting confirms could lose its claim",
                     self.claim_timeout, self.broker.rabbitmq_confirm_timeout
+                ),
+            });
+        }
+        if self.retry_max < self.retry_base {
+            return Err(ConflictError {
+                setting: "DELIVERY_RETRY_MAX (--retry-max)",
+                reason: format!(
+                    "is {:?}, below DELIVERY_RETRY_BASE ({:?})",
+                    self.retry_max, self.retry_base
                 ),
             });
         }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actors::backoff::Backoff;
+use actors::ports::RetryPolicy;
 use actors::readiness::{Component, Readiness};
 use actors::scheduler::SchedulerSettings;
 use actors::supervisor::{SupervisorActor, SupervisorArgs, SupervisorMessage, SupervisorSettings};
@@ -206,6 +207,11 @@ fn store(args: &DaemonArgs, kinds: Vec<kinds::Delivered>) -> PgScheduleStore {
             claim_timeout: args.claim_timeout,
             stale_grace: args.stale_grace,
             query_timeout: args.query_timeout,
+            retry: RetryPolicy {
+                base: args.retry_base,
+                max: args.retry_max,
+                max_attempts: u32::try_from(args.max_attempts).unwrap_or(u32::MAX),
+            },
         },
         kinds,
     )

@@ -59,9 +59,12 @@ pub fn claim(kind: &Kind) -> String {
     format!(
         "UPDATE {table} AS s \
             SET {mark_done}, {done_at} = statement_timestamp(), \
-                outcome = CASE WHEN coalesce({stale}, false) THEN '{skipped}' ELSE 'published' END \
+                outcome = CASE WHEN coalesce({stale}, false) THEN '{skipped}' ELSE 'published' END, \
+                attempts = s.attempts + CASE WHEN coalesce({stale}, false) THEN 0 ELSE 1 END, \
+                next_attempt_at = NULL \
            FROM (SELECT ctid FROM {table} \
                   WHERE {pending} AND {time} <= statement_timestamp() \
+                    AND (next_attempt_at IS NULL OR next_attempt_at <= statement_timestamp()) \
                   ORDER BY {time} LIMIT $1 \
                     FOR UPDATE SKIP LOCKED) AS due \
           WHERE s.ctid = due.ctid \
@@ -72,8 +75,15 @@ pub fn claim(kind: &Kind) -> String {
 }
 
 /// Returns claimed rows of `kind` that the broker did not confirm to pending,
-/// inside the claim's transaction, so that they are delivered again.
-/// `$1`: their ids.
+/// inside the claim's transaction. A row the broker refused counts the
+/// attempt, records why, and waits until its next attempt: the retry delay
+/// doubles from `$3` ms up to `$4` ms, jittered over its upper half so that
+/// rows refused together are not retried together; after `$5` attempts it
+/// is dead-lettered instead. A row nobody answered for (a lost connection)
+/// is not counted and is tried again at once.
+///
+/// `$1`: their ids; `$2`: the refusal of each (NULL: unanswered). Returns the
+/// ids dead-lettered.
 pub fn release(kind: &Kind) -> String {
     let Kind {
         table,
@@ -81,16 +91,30 @@ pub fn release(kind: &Kind) -> String {
         done_at_column: done_at,
         ..
     } = kind;
-    let mark_pending = progress.mark_pending();
+    let dead = "(f.refusal IS NOT NULL AND s.attempts >= $5::int)";
+    let mark_undelivered = progress.mark_undelivered(dead);
     format!(
-        "UPDATE {table} SET {mark_pending}, {done_at} = NULL, outcome = NULL \
-          WHERE id = ANY ($1::uuid[])"
+        "UPDATE {table} AS s \
+            SET {mark_undelivered}, {done_at} = NULL, \
+                outcome = CASE WHEN {dead} THEN 'dead_lettered' END, \
+                attempts = s.attempts - CASE WHEN f.refusal IS NULL THEN 1 ELSE 0 END, \
+                last_error = coalesce(f.refusal, s.last_error), \
+                next_attempt_at = CASE WHEN f.refusal IS NOT NULL AND NOT {dead} THEN \
+                    statement_timestamp() + least($4::float8, $3::float8 * 2 ^ least(s.attempts - 1, 30)) \
+                      * (0.5 + random() * 0.5) * interval '1 millisecond' END, \
+                dead_lettered_at = CASE WHEN {dead} THEN statement_timestamp() END \
+           FROM unnest($1::uuid[], $2::text[]) AS f(id, refusal) \
+          WHERE s.id = f.id \
+         RETURNING s.id, {dead} AS dead_lettered"
     )
 }
 
 /// The earliest pending row of any of `kinds` outside the caller's in-flight
 /// claims, and the delay until it, computed here so that the timer runs on
-/// the database clock. `$1`: ids of the rows this daemon is delivering now.
+/// the database clock. A row waiting for its next attempt is due then. Each
+/// kind is read twice: the earliest row not waiting, from the pending index,
+/// and the earliest next attempt, from the small index of waiting rows.
+/// `$1`: ids of the rows this daemon is delivering now.
 pub fn next_due<'a>(kinds: impl IntoIterator<Item = &'a Kind>) -> String {
     let earliest: Vec<String> = kinds
         .into_iter()
@@ -104,8 +128,12 @@ pub fn next_due<'a>(kinds: impl IntoIterator<Item = &'a Kind>) -> String {
             let pending = progress.pending();
             format!(
                 "(SELECT {time} AS due_at FROM {table} \
-                   WHERE {pending} AND NOT (id = ANY ($1::uuid[])) \
-                   ORDER BY {time} LIMIT 1)"
+                   WHERE {pending} AND next_attempt_at IS NULL AND NOT (id = ANY ($1::uuid[])) \
+                   ORDER BY {time} LIMIT 1) \
+                 UNION ALL \
+                 (SELECT greatest({time}, next_attempt_at) FROM {table} \
+                   WHERE {pending} AND next_attempt_at IS NOT NULL AND NOT (id = ANY ($1::uuid[])) \
+                   ORDER BY next_attempt_at LIMIT 1)"
             )
         })
         .collect();

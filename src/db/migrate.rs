@@ -43,6 +43,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(4, "0004_trace_context"),
     migration!(5, "0005_game_status_schedule"),
     migration!(6, "0006_scheduled_message"),
+    migration!(7, "0007_delivery_attempts"),
 ];
 
 /// Key of the advisory lock held while migrating ("notifsch" in ASCII).

@@ -3,12 +3,12 @@
 //! database clock; the statements are written from each kind's declaration
 //! (`kind_sql`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actors::model::{Body, DueEvent, NextDue, Outbound};
-use actors::ports::{Claim, PortError, ScheduleStore};
+use actors::ports::{Claim, PortError, RetryPolicy, ScheduleStore, Undelivered};
 use deadpool_postgres::{Object, Pool};
 use futures_util::future::try_join_all;
 use tokio_postgres::types::ToSql;
@@ -29,6 +29,8 @@ pub struct StoreSettings {
     pub stale_grace: Duration,
     /// Client-side bound on every statement.
     pub query_timeout: Duration,
+    /// When events the broker refused are tried again, and how often.
+    pub retry: RetryPolicy,
 }
 
 /// One kind with its statements.
@@ -143,6 +145,7 @@ impl ScheduleStore for PgScheduleStore {
             events: Vec::new(),
             kinds: Arc::clone(&self.kinds),
             query_timeout: self.settings.query_timeout,
+            retry: self.settings.retry,
         };
         for (kind, rows) in self.kinds.iter().zip(claimed?) {
             claim
@@ -232,6 +235,7 @@ pub struct PgClaim {
     events: Vec<DueEvent>,
     kinds: Arc<[KindQueries]>,
     query_timeout: Duration,
+    retry: RetryPolicy,
 }
 
 impl Claim for PgClaim {
@@ -239,27 +243,30 @@ impl Claim for PgClaim {
         &self.events
     }
 
-    async fn commit(mut self, undelivered: Vec<Uuid>) -> Result<(), PortError> {
+    async fn commit(mut self, undelivered: Vec<Undelivered>) -> Result<Vec<Uuid>, PortError> {
         // Cancelled or failed half-way, the session closes the connection.
         let client = Session(self.client.take());
-        let undelivered_ids: HashSet<Uuid> = undelivered.iter().copied().collect();
-        let mut by_kind: HashMap<&str, Vec<Uuid>> = HashMap::new();
-        for event in self
-            .events
-            .iter()
-            .filter(|e| undelivered_ids.contains(&e.id))
-        {
-            by_kind.entry(event.kind).or_default().push(event.id);
+        let kind_of: HashMap<Uuid, &str> = self.events.iter().map(|e| (e.id, e.kind)).collect();
+        let mut by_kind: HashMap<&str, Released> = HashMap::new();
+        for failed in undelivered {
+            if let Some(kind) = kind_of.get(&failed.id) {
+                let (ids, refusals) = by_kind.entry(kind).or_default();
+                ids.push(failed.id);
+                refusals.push(failed.refusal);
+            }
         }
-        let releases: Vec<(&KindQueries, Vec<Uuid>)> = self
+        let releases: Vec<(&KindQueries, Released)> = self
             .kinds
             .iter()
             .filter_map(|kind| {
                 by_kind
                     .remove(kind.delivered.kind.name)
-                    .map(|ids| (kind, ids))
+                    .map(|failed| (kind, failed))
             })
             .collect();
+        let millis = |d: Duration| d.as_secs_f64() * 1_000.0;
+        let (base_ms, max_ms) = (millis(self.retry.base), millis(self.retry.max));
+        let max_attempts = i32::try_from(self.retry.max_attempts).unwrap_or(i32::MAX);
         let committed = tokio::time::timeout(self.query_timeout, async {
             let statements = try_join_all(
                 releases
@@ -269,24 +276,40 @@ impl Claim for PgClaim {
             .await?;
             // The releases and the commit go out in one pipelined round trip.
             // If a release fails, the server answers COMMIT with a rollback.
-            let params: Vec<[&(dyn ToSql + Sync); 1]> = releases
+            let params: Vec<[&(dyn ToSql + Sync); 5]> = releases
                 .iter()
-                .map(|(_, ids)| [ids as &(dyn ToSql + Sync)])
+                .map(|(_, (ids, refusals))| {
+                    [
+                        ids as &(dyn ToSql + Sync),
+                        refusals,
+                        &base_ms,
+                        &max_ms,
+                        &max_attempts,
+                    ]
+                })
                 .collect();
             let released = statements
                 .iter()
                 .zip(&params)
-                .map(|(statement, params)| client.execute(statement, params));
+                .map(|(statement, params)| client.query(statement, params));
             let (released, committed) =
                 tokio::join!(try_join_all(released), client.batch_execute("COMMIT"));
-            released?;
-            committed
+            let released = released?;
+            committed?;
+            Ok::<_, tokio_postgres::Error>(
+                released
+                    .iter()
+                    .flatten()
+                    .filter(|row| row.get::<_, bool>("dead_lettered"))
+                    .map(|row| row.get::<_, Uuid>("id"))
+                    .collect(),
+            )
         })
         .await;
         match committed {
-            Ok(Ok(())) => {
+            Ok(Ok(dead_lettered)) => {
                 client.release();
-                Ok(())
+                Ok(dead_lettered)
             }
             Ok(Err(err)) => Err(DbError::query("recording delivered events", err).into()),
             Err(_) => {
@@ -295,6 +318,10 @@ impl Claim for PgClaim {
         }
     }
 }
+
+/// Undelivered rows of one kind, as the release statement takes them: their
+/// ids, and the refusal of each.
+type Released = (Vec<Uuid>, Vec<Option<String>>);
 
 impl Drop for PgClaim {
     fn drop(&mut self) {

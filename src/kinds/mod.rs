@@ -41,15 +41,17 @@ pub struct Kind {
     pub expiry: Expiry,
 }
 
-/// How a kind's rows record that they have been dealt with.
+/// How a kind's rows record that they have been dealt with. Every kind's
+/// table also has `attempts`, `last_error`, `next_attempt_at` and
+/// `dead_lettered_at` (migrations/0007_delivery_attempts.sql).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Progress {
-    /// A boolean column, true once the row was published or skipped.
+    /// A boolean column, true once the row was published or skipped. A dead
+    /// letter keeps it false and has `dead_lettered_at` set.
     Flag(&'static str),
     /// A `state` text column, `'pending'` until the daemon publishes the row
-    /// (`'sent'`) or finds it expired (`'expired'`), or its writer cancels it;
-    /// and an `attempts` integer column counting the publishes that reached
-    /// the broker.
+    /// (`'sent'`), finds it expired (`'expired'`) or dead-letters it
+    /// (`'dead_lettered'`), or its writer cancels it (`'cancelled'`).
     State,
 }
 
@@ -57,36 +59,45 @@ impl Progress {
     /// SQL predicate: the row is still to be delivered.
     pub fn pending(self) -> String {
         match self {
-            Self::Flag(done) => format!("NOT {done}"),
+            Self::Flag(done) => format!("NOT {done} AND dead_lettered_at IS NULL"),
             Self::State => "state = 'pending'".to_owned(),
         }
     }
 
-    /// SQL predicate: the row has been dealt with (the retention sweep's).
+    /// SQL predicate: the row is finished with (the retention sweep's); dead
+    /// letters are not.
     pub fn done(self) -> String {
         match self {
             Self::Flag(done) => done.to_owned(),
-            Self::State => "state <> 'pending'".to_owned(),
+            Self::State => "state IN ('sent', 'expired', 'cancelled')".to_owned(),
         }
     }
 
-    /// SQL assignments marking a claimed row of table alias `s` dealt with;
+    /// SQL assignment marking a claimed row of table alias `s` dealt with;
     /// `stale` is the SQL predicate saying it came too late to be published.
     pub fn mark_done(self, stale: &str) -> String {
         match self {
             Self::Flag(done) => format!("{done} = true"),
-            Self::State => format!(
-                "state = CASE WHEN {stale} THEN 'expired' ELSE 'sent' END, \
-                 attempts = s.attempts + CASE WHEN {stale} THEN 0 ELSE 1 END"
-            ),
+            Self::State => format!("state = CASE WHEN {stale} THEN 'expired' ELSE 'sent' END"),
         }
     }
 
-    /// SQL assignment returning a claimed row to pending.
-    pub fn mark_pending(self) -> String {
+    /// SQL assignment returning a claimed row to pending, or to the dead
+    /// letters when `dead` (an SQL predicate) holds.
+    pub fn mark_undelivered(self, dead: &str) -> String {
         match self {
             Self::Flag(done) => format!("{done} = false"),
-            Self::State => "state = 'pending'".to_owned(),
+            Self::State => {
+                format!("state = CASE WHEN {dead} THEN 'dead_lettered' ELSE 'pending' END")
+            }
+        }
+    }
+
+    /// SQL assignment taking a dead letter back to pending.
+    pub fn requeue(self) -> &'static str {
+        match self {
+            Self::Flag(_) => "dead_lettered_at = NULL",
+            Self::State => "state = 'pending', dead_lettered_at = NULL",
         }
     }
 }

@@ -7,7 +7,7 @@
 //! answered, so a round never waits for confirms and a crash of the scheduler
 //! cannot interrupt a commit.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,7 @@ use super::SchedulerMessage;
 use crate::flow::FlowControl;
 use crate::metrics::Outcome;
 use crate::model::{DueEvent, NextDue, PublishOutcome};
-use crate::ports::{Claim, PortError, ScheduleStore};
+use crate::ports::{Claim, PortError, ScheduleStore, Undelivered};
 use crate::publisher::PublisherHandle;
 use crate::slot::Slot;
 use crate::trace_context;
@@ -212,7 +212,7 @@ impl<S: ScheduleStore> RoundContext<S> {
                         crate::metrics::lateness(kind, *lateness + answered_after);
                     }
                 }
-                let settled = settle(claim, &live_ids, outcomes).await;
+                let settled = settle(claim, outcomes).await;
                 {
                     let mut held = in_flight.lock();
                     for id in &ids {
@@ -220,10 +220,18 @@ impl<S: ScheduleStore> RoundContext<S> {
                     }
                 }
                 drop(permit);
-                if let Err(err) = settled {
-                    let reason = crate::error_chain::Chain(&err).to_string();
-                    tracing::Span::current().record("error", reason.as_str());
-                    let _ = scheduler.send_message(SchedulerMessage::BatchFailed(err));
+                match settled {
+                    // The rows to retry were in flight when the round read
+                    // the next deadline, which therefore looked past them.
+                    Ok(Settled { retrying: true }) => {
+                        let _ = scheduler.send_message(SchedulerMessage::Resync);
+                    }
+                    Ok(Settled { retrying: false }) => {}
+                    Err(err) => {
+                        let reason = crate::error_chain::Chain(&err).to_string();
+                        tracing::Span::current().record("error", reason.as_str());
+                        let _ = scheduler.send_message(SchedulerMessage::BatchFailed(err));
+                    }
                 }
             }
             .instrument(batch),
@@ -310,108 +318,125 @@ impl RoundTotals {
     }
 }
 
-/// Why a settled batch left events pending: they are delivered again.
+/// Why a settled batch left events pending: they are published again.
 #[derive(Debug, thiserror::Error)]
 pub enum SettleError {
-    /// The broker did not take every event.
-    #[error("{0}; they stay pending and will be retried")]
-    Undelivered(FailureSummary),
+    /// The broker did not answer for some events (the connection was lost,
+    /// or the confirm timed out): nothing is known about them.
+    #[error("{count} messages unconfirmed ({reason}); they stay pending and are published again")]
+    Unconfirmed { count: usize, reason: String },
     /// The outcome could not be recorded.
     #[error("recording a delivered batch failed, it will be delivered again")]
     Commit(#[source] PortError),
 }
 
-/// Commits a claim once the broker has answered: events it did not confirm
-/// stay pending. Fails if any did, or if the commit did.
-async fn settle<C: Claim>(
-    claim: C,
-    live: &[(Uuid, &'static str)],
-    outcomes: Vec<PublishOutcome>,
-) -> Result<(), SettleError> {
+/// What a settled batch left behind.
+struct Settled {
+    /// Events wait for another attempt.
+    retrying: bool,
+}
+
+/// Commits a claim once the broker has answered. Events it refused stay
+/// pending until their next attempt (or are dead-lettered after their last),
+/// and the batch settles: one bad message holds up nothing else. Fails only
+/// if the broker left events unanswered, or if the commit failed.
+async fn settle<C: Claim>(claim: C, outcomes: Vec<PublishOutcome>) -> Result<Settled, SettleError> {
     let mut counts: BTreeMap<(&'static str, Outcome), usize> = BTreeMap::new();
     let mut count = |kind, outcome| *counts.entry((kind, outcome)).or_default() += 1;
+    let mut skipped = 0;
     for event in claim.events().iter().filter(|e| e.stale) {
         count(event.kind, Outcome::SkippedStale);
+        skipped += 1;
     }
-    let skipped = claim.events().len() - live.len();
+    let live = claim.events().iter().filter(|e| !e.stale);
     let mut undelivered = Vec::new();
-    let mut failures = FailureSummary::default();
-    for ((id, kind), outcome) in live.iter().zip(&outcomes) {
-        let counted = match outcome {
-            PublishOutcome::Confirmed => Outcome::Sent,
+    let mut refused: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let mut first_refusal = None;
+    let mut unconfirmed = 0;
+    let mut unconfirmed_reason = None;
+    for (event, outcome) in live.zip(&outcomes) {
+        let (counted, refusal) = match outcome {
+            PublishOutcome::Confirmed => {
+                count(event.kind, Outcome::Sent);
+                continue;
+            }
             PublishOutcome::Nacked => {
-                failures.nacked += 1;
-                Outcome::Failed
+                (Outcome::Failed, "refused (nacked) by the broker".to_owned())
             }
-            PublishOutcome::Returned => {
-                failures.returned += 1;
-                Outcome::Returned
-            }
+            PublishOutcome::Returned => (Outcome::Returned, unroutable(event)),
+            PublishOutcome::Unpublishable(reason) => (Outcome::Failed, reason.clone()),
             PublishOutcome::Unknown(reason) => {
-                failures.unknown += 1;
-                failures.reason.get_or_insert_with(|| reason.clone());
-                Outcome::Failed
+                count(event.kind, Outcome::Failed);
+                unconfirmed += 1;
+                unconfirmed_reason.get_or_insert_with(|| reason.clone());
+                undelivered.push(Undelivered {
+                    id: event.id,
+                    refusal: None,
+                });
+                continue;
             }
         };
-        count(kind, counted);
-        if counted != Outcome::Sent {
-            undelivered.push(*id);
-        }
+        count(event.kind, counted);
+        *refused.entry(event.kind).or_default() += 1;
+        first_refusal.get_or_insert_with(|| refusal.clone());
+        undelivered.push(Undelivered {
+            id: event.id,
+            refusal: Some(refusal),
+        });
     }
-    let published = live.len() - undelivered.len();
-    claim
+    let kinds: HashMap<Uuid, &'static str> =
+        claim.events().iter().map(|e| (e.id, e.kind)).collect();
+    let dead_lettered: Vec<&'static str> = claim
         .commit(undelivered)
         .instrument(tracing::info_span!("commit"))
         .await
-        .map_err(SettleError::Commit)?;
+        .map_err(SettleError::Commit)?
+        .iter()
+        .filter_map(|id| kinds.get(id).copied())
+        .collect();
     for ((kind, outcome), events) in counts {
         crate::metrics::events(kind, outcome, events);
     }
-    tracing::debug!(published, skipped, "batch settled");
+    for &kind in &dead_lettered {
+        crate::metrics::dead_lettered(kind, 1);
+    }
+    for (kind, events) in &refused {
+        let dead = dead_lettered.iter().filter(|k| *k == kind).count();
+        crate::metrics::retries(kind, events - dead);
+    }
     if skipped > 0 {
         tracing::info!(skipped, "skipped events whose kind says they came too late");
     }
-    failures.into_result()
-}
-
-/// How many events of a batch the broker did not take, and why.
-#[derive(Debug, Default)]
-pub struct FailureSummary {
-    nacked: usize,
-    returned: usize,
-    unknown: usize,
-    reason: Option<String>,
-}
-
-impl FailureSummary {
-    fn into_result(self) -> Result<(), SettleError> {
-        if self.nacked + self.returned + self.unknown == 0 {
-            Ok(())
-        } else {
-            Err(SettleError::Undelivered(self))
-        }
+    if let Some(reason) = first_refusal {
+        tracing::warn!(
+            refused = refused.values().sum::<usize>(),
+            dead_lettered = dead_lettered.len(),
+            reason,
+            "the broker refused messages; each is tried again after a growing delay, \
+             and dead-lettered after its last attempt"
+        );
+    }
+    let retrying = refused.values().sum::<usize>() > dead_lettered.len();
+    match unconfirmed_reason {
+        None => Ok(Settled { retrying }),
+        Some(reason) => Err(SettleError::Unconfirmed {
+            count: unconfirmed,
+            reason,
+        }),
     }
 }
 
-impl std::fmt::Display for FailureSummary {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut parts = Vec::new();
-        if self.returned > 0 {
-            parts.push(format!(
-                "{} returned as unroutable (no queue is bound to the exchange for the routing key)",
-                self.returned
-            ));
-        }
-        if self.nacked > 0 {
-            parts.push(format!("{} refused by the broker", self.nacked));
-        }
-        if self.unknown > 0 {
-            parts.push(format!(
-                "{} unconfirmed ({})",
-                self.unknown,
-                self.reason.as_deref().unwrap_or_default()
-            ));
-        }
-        f.write_str(&parts.join(", "))
+/// Why a returned message was not routed.
+fn unroutable(event: &DueEvent) -> String {
+    let message = &event.message;
+    match &message.exchange {
+        Some(exchange) => format!(
+            "returned unroutable: no queue is bound to exchange '{exchange}' for routing key '{}'",
+            message.routing_key
+        ),
+        None => format!(
+            "returned unroutable: no queue is bound for routing key '{}'",
+            message.routing_key
+        ),
     }
 }

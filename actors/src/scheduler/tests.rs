@@ -228,24 +228,78 @@ async fn reminders_of_games_already_started_are_skipped_not_published() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn unconfirmed_reminders_stay_pending_and_fail_the_scheduler() {
+async fn a_refused_event_waits_for_its_retry_while_the_scheduler_goes_on() {
+    let h = Harness::new();
+    let first = h.store.insert_overdue(Duration::from_secs(2), None);
+    let refused = h.store.insert_overdue(Duration::from_secs(1), None);
+    h.broker
+        .script([PublishOutcome::Confirmed, PublishOutcome::Returned]);
+    let scheduler = h.start(settings()).await;
+    advance_until(Duration::from_secs(1), || {
+        h.store.row(refused).attempts == 1
+    })
+    .await;
+    assert_eq!(h.store.row(first).done, Some(Disposition::Published));
+    let row = h.store.row(refused);
+    assert_eq!(row.done, None, "a returned message is not delivered");
+    assert!(!row.locked);
+    assert!(row.last_error.unwrap().contains("returned unroutable"));
+    assert_eq!(scheduler.get_status(), ActorStatus::Running);
+    advance_until(Duration::from_secs(3), || h.store.pending() == 0).await;
+    assert_eq!(h.store.row(refused).done, Some(Disposition::Published));
+    assert_eq!(h.store.row(refused).attempts, 2);
+    assert_eq!(scheduler.get_status(), ActorStatus::Running);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_event_refused_on_every_attempt_is_dead_lettered_and_others_go_out_on_time() {
+    let h = Harness::new();
+    let refused = h.store.insert_overdue(Duration::from_secs(1), None);
+    let later = h.store.insert(Duration::from_millis(1_500));
+    // Attempts at 0 s and 1 s, the later event at 1.5 s, the last attempt at 3 s.
+    h.broker.script([
+        PublishOutcome::Returned,
+        PublishOutcome::Returned,
+        PublishOutcome::Confirmed,
+        PublishOutcome::Returned,
+    ]);
+    let scheduler = h.start(settings()).await;
+    advance_until(Duration::from_secs(10), || {
+        h.store.row(refused).dead_lettered
+    })
+    .await;
+    let row = h.store.row(refused);
+    assert_eq!((row.attempts, row.done), (3, None));
+    let on_time = h
+        .broker
+        .published()
+        .iter()
+        .find(|p| p.id == later)
+        .map(|p| p.at)
+        .expect("the later event was published");
+    assert!(on_time - h.store.row(later).at < chrono::Duration::milliseconds(10));
+    assert_eq!(h.store.pending(), 0, "a dead letter is not pending");
+    assert_eq!(scheduler.get_status(), ActorStatus::Running);
+}
+
+#[tokio::test(start_paused = true)]
+async fn unconfirmed_events_stay_pending_and_fail_the_scheduler() {
     let h = Harness::new();
     let first = h.store.insert_overdue(Duration::from_secs(2), None);
     let second = h.store.insert_overdue(Duration::from_secs(1), None);
-    h.broker
-        .script([PublishOutcome::Confirmed, PublishOutcome::Returned]);
+    h.broker.script([
+        PublishOutcome::Confirmed,
+        PublishOutcome::Unknown("the channel closed".to_owned()),
+    ]);
     let scheduler = h.start(settings()).await;
     advance_until(Duration::from_secs(1), || {
         scheduler.get_status() == ActorStatus::Stopped
     })
     .await;
     assert_eq!(h.store.row(first).done, Some(Disposition::Published));
-    assert_eq!(
-        h.store.row(second).done,
-        None,
-        "a returned message is not delivered"
-    );
-    assert!(!h.store.row(second).locked);
+    let row = h.store.row(second);
+    assert_eq!((row.done, row.attempts), (None, 0), "not an attempt");
+    assert!(!row.locked);
 }
 
 #[tokio::test(start_paused = true)]

@@ -15,10 +15,17 @@ use chrono::TimeDelta;
 use uuid::Uuid;
 
 use crate::model::DueEvent;
-use crate::ports::{Claim, ScheduleStore};
+use crate::ports::{Claim, RetryPolicy, ScheduleStore, Undelivered};
 
 /// The stale grace every store under test is configured with.
 pub const STALE_GRACE: Duration = Duration::from_secs(60);
+
+/// How every store under test retries refused events.
+pub const RETRY: RetryPolicy = RetryPolicy {
+    base: Duration::from_millis(400),
+    max: Duration::from_secs(1),
+    max_attempts: 2,
+};
 
 /// Slack for durations computed by the store's clock while the test runs.
 const SLACK: Duration = Duration::from_secs(5);
@@ -29,6 +36,7 @@ pub enum RowState {
     Pending,
     Published,
     SkippedStale,
+    DeadLettered,
 }
 
 /// A store under test and the means to arrange and inspect its rows.
@@ -211,12 +219,57 @@ pub async fn a_partial_commit_leaves_the_undelivered_pending<F: ContractFixture>
     let store = fixture.store();
     let claim = store.claim_due(100).await.expect("claim");
     assert_eq!(claim.events().len(), 3);
-    claim.commit(vec![undelivered]).await.expect("commit");
+    let unanswered = Undelivered {
+        id: undelivered,
+        refusal: None,
+    };
+    let dead = claim.commit(vec![unanswered]).await.expect("commit");
+    assert!(dead.is_empty());
     assert_eq!(fixture.state(first).await, RowState::Published);
     assert_eq!(fixture.state(undelivered).await, RowState::Pending);
     assert_eq!(fixture.state(third).await, RowState::Published);
     let again = claim_eventually(&store, 1).await;
     assert_eq!(ids(again.events()), [undelivered]);
+}
+
+/// An event the broker refused is not claimed again before its next attempt,
+/// which the next-due query reports; after its last attempt it is
+/// dead-lettered: never claimed, never due. Other events are not held up.
+pub async fn a_refused_event_waits_for_its_next_attempt_then_is_dead_lettered<
+    F: ContractFixture,
+>(
+    fixture: &F,
+) {
+    let refused = fixture.insert(ago(20), None).await;
+    let store = fixture.store();
+    let claim = store.claim_due(100).await.expect("claim");
+    assert_eq!(ids(claim.events()), [refused]);
+    let refusal = || Undelivered {
+        id: refused,
+        refusal: Some("returned unroutable".to_owned()),
+    };
+    let dead = claim.commit(vec![refusal()]).await.expect("commit");
+    assert!(dead.is_empty(), "one attempt of two");
+    assert_eq!(fixture.state(refused).await, RowState::Pending);
+    let other = fixture.insert(ago(10), None).await;
+    let claim = claim_eventually(&store, 1).await;
+    assert_eq!(ids(claim.events()), [other], "the refused event waits");
+    claim.commit(Vec::new()).await.expect("commit");
+    let next = store.next_due(&[]).await.expect("next due").expect("a row");
+    assert!(
+        next.delay > Duration::ZERO && next.delay <= RETRY.delay(1),
+        "the next attempt is within the first retry delay: {:?}",
+        next.delay
+    );
+    tokio::time::sleep(next.delay).await;
+    let claim = claim_eventually(&store, 1).await;
+    assert_eq!(ids(claim.events()), [refused]);
+    let dead = claim.commit(vec![refusal()]).await.expect("commit");
+    assert_eq!(dead, [refused], "dead-lettered after its last attempt");
+    assert_eq!(fixture.state(refused).await, RowState::DeadLettered);
+    assert!(store.next_due(&[]).await.expect("next due").is_none());
+    let claim = store.claim_due(100).await.expect("claim");
+    assert!(claim.events().is_empty());
 }
 
 /// Dropping a claim without committing releases its rows unchanged.
@@ -245,6 +298,7 @@ macro_rules! store_contract_tests {
             expiry_is_when_the_reminder_would_become_stale,
             next_due_looks_past_rows_in_flight,
             a_partial_commit_leaves_the_undelivered_pending,
+            a_refused_event_waits_for_its_next_attempt_then_is_dead_lettered,
             dropping_a_claim_releases_its_rows_unchanged,
         );
     };
@@ -276,7 +330,11 @@ mod fake_store {
         }
 
         async fn state(&self, id: Uuid) -> RowState {
-            match self.row(id).done {
+            let row = self.row(id);
+            if row.dead_lettered {
+                return RowState::DeadLettered;
+            }
+            match row.done {
                 None => RowState::Pending,
                 Some(Disposition::Published) => RowState::Published,
                 Some(Disposition::SkippedStale) => RowState::SkippedStale,
@@ -284,5 +342,5 @@ mod fake_store {
         }
     }
 
-    crate::store_contract_tests!(FakeStore::new());
+    crate::store_contract_tests!(FakeStore::new().with_retry(RETRY));
 }

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::model::{Body, DueEvent, NextDue, Outbound, PublishOutcome};
 use crate::ports::{
     BrokerConnector, BrokerEvent, BrokerSession, Claim, EventSink, ListenConnector, ListenEvent,
-    ListenSession, PendingConfirms, PortError, ScheduleStore,
+    ListenSession, PendingConfirms, PortError, RetryPolicy, ScheduleStore, Undelivered,
 };
 
 /// What a committed claim recorded for a row.
@@ -31,6 +31,13 @@ pub struct FakeRow {
     pub game_starts: Option<DateTime<Utc>>,
     pub done: Option<Disposition>,
     pub locked: bool,
+    /// Publishes the broker answered.
+    pub attempts: u32,
+    /// Why the broker last refused it.
+    pub last_error: Option<String>,
+    /// Not claimed before this.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub dead_lettered: bool,
 }
 
 #[derive(Default)]
@@ -47,6 +54,7 @@ pub struct FakeStore {
     inner: Arc<Mutex<StoreInner>>,
     epoch: (Instant, DateTime<Utc>),
     stale_grace: Duration,
+    retry: RetryPolicy,
 }
 
 impl Default for FakeStore {
@@ -61,7 +69,18 @@ impl FakeStore {
             inner: Arc::default(),
             epoch: (Instant::now(), "2030-01-01T00:00:00Z".parse().unwrap()),
             stale_grace: Duration::from_secs(60),
+            retry: RetryPolicy {
+                base: Duration::from_secs(1),
+                max: Duration::from_secs(60),
+                max_attempts: 3,
+            },
         }
+    }
+
+    /// The same store retrying refused events by `retry`.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
     }
 
     /// The database clock.
@@ -98,6 +117,10 @@ impl FakeStore {
             game_starts,
             done: None,
             locked: false,
+            attempts: 0,
+            last_error: None,
+            next_attempt_at: None,
+            dead_lettered: false,
         });
         id
     }
@@ -123,7 +146,7 @@ impl FakeStore {
         self.lock()
             .rows
             .iter()
-            .filter(|row| row.done.is_none())
+            .filter(|row| row.done.is_none() && !row.dead_lettered)
             .count()
     }
 
@@ -170,7 +193,13 @@ impl ScheduleStore for FakeStore {
         let mut due: Vec<&mut FakeRow> = inner
             .rows
             .iter_mut()
-            .filter(|row| row.done.is_none() && !row.locked && row.at <= now)
+            .filter(|row| {
+                row.done.is_none()
+                    && !row.dead_lettered
+                    && !row.locked
+                    && row.at <= now
+                    && row.next_attempt_at.is_none_or(|at| at <= now)
+            })
             .collect();
         due.sort_by_key(|row| row.at);
         let events = due
@@ -221,8 +250,11 @@ impl ScheduleStore for FakeStore {
         Ok(inner
             .rows
             .iter()
-            .filter(|row| row.done.is_none() && !in_flight.contains(&row.id))
-            .map(|row| row.at)
+            .filter(|row| row.done.is_none() && !row.dead_lettered && !in_flight.contains(&row.id))
+            .map(|row| {
+                row.next_attempt_at
+                    .map_or(row.at, |retry| retry.max(row.at))
+            })
             .min()
             .map(|at| NextDue {
                 at,
@@ -243,20 +275,41 @@ impl Claim for FakeClaim {
         &self.events
     }
 
-    async fn commit(mut self, undelivered: Vec<Uuid>) -> Result<(), PortError> {
+    async fn commit(mut self, undelivered: Vec<Undelivered>) -> Result<Vec<Uuid>, PortError> {
         self.store.check()?;
-        for reminder in self.events.iter().filter(|r| !undelivered.contains(&r.id)) {
-            let disposition = if reminder.stale {
-                Disposition::SkippedStale
-            } else {
-                Disposition::Published
-            };
-            self.store
-                .with_row(reminder.id, |row| row.done = Some(disposition));
+        let now = self.store.now();
+        let retry = self.store.retry;
+        let mut dead_lettered = Vec::new();
+        for event in &self.events {
+            let failure = undelivered.iter().find(|u| u.id == event.id);
+            self.store.with_row(event.id, |row| match failure {
+                None if event.stale => row.done = Some(Disposition::SkippedStale),
+                None => {
+                    row.attempts += 1;
+                    row.next_attempt_at = None;
+                    row.done = Some(Disposition::Published);
+                }
+                Some(Undelivered { refusal: None, .. }) => {}
+                Some(Undelivered {
+                    refusal: Some(reason),
+                    ..
+                }) => {
+                    row.attempts += 1;
+                    row.last_error = Some(reason.clone());
+                    if row.attempts >= retry.max_attempts {
+                        row.dead_lettered = true;
+                        row.next_attempt_at = None;
+                        dead_lettered.push(row.id);
+                    } else {
+                        let delay = TimeDelta::from_std(retry.delay(row.attempts)).unwrap();
+                        row.next_attempt_at = Some(now + delay);
+                    }
+                }
+            });
         }
         self.release();
         self.finished = true;
-        Ok(())
+        Ok(dead_lettered)
     }
 }
 
