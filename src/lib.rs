@@ -3,7 +3,8 @@
 //! command line. Its parts, one folder or file each:
 //!
 //! - [`config`]: every setting, its flag, variable and default.
-//! - [`cli`]: subcommands, start-up and exit codes; `healthcheck`'s probe and `watch`.
+//! - [`cli`]: subcommands, start-up and exit codes; `healthcheck`'s probe, `watch`
+//!   and `dead-letters`.
 //! - [`telemetry`]: logs, OpenTelemetry traces and metrics.
 //! - [`shutdown`]: SIGTERM and SIGINT.
 //! - [`db`]: PostgreSQL adapters: connections, the pool, migrations, the
@@ -13,7 +14,9 @@
 //! - [`daemon`]: the delivery daemon: its wiring, health endpoints and maintenance.
 //! - [`api`]: the games API: server, routes, bodies, auth.
 //! - [`games`]: the games domain: games and their schedules.
-//! - [`kinds`]: the kinds of scheduled event (reminders, status transitions), each declared once.
+//! - [`kinds`]: the kinds of scheduled event (reminders, status transitions,
+//!   scheduled messages), each declared once.
+//! - [`dead_letters`]: events the broker refused on every attempt: list, retry, discard.
 //!
 //! The benchmark is a workspace member of its own (`bench/`), outside this binary.
 
@@ -23,6 +26,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod db;
+pub mod dead_letters;
 pub mod games;
 pub mod kinds;
 pub mod shutdown;

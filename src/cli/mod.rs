@@ -6,7 +6,9 @@
 //!
 //! - [`probe`]: the local HTTP probe behind `healthcheck`.
 //! - [`watch`]: printing delivered events (`watch`).
+//! - [`dead_letters`]: listing, retrying and discarding dead letters (`dead-letters`).
 
+pub mod dead_letters;
 pub mod probe;
 pub mod watch;
 
@@ -41,6 +43,9 @@ pub enum Command {
     Api(Box<ApiArgs>),
     /// Print each reminder event as it is delivered (binds a temporary queue).
     Watch(WatchArgs),
+    /// List, retry or discard dead letters: events the broker refused on
+    /// every attempt (DELIVERY_MAX_ATTEMPTS).
+    DeadLetters(dead_letters::DeadLettersArgs),
     /// Exit 0 if a local health endpoint answers 200, else 1 (for container
     /// health checks; needs no curl).
     Healthcheck(HealthcheckArgs),
@@ -132,6 +137,7 @@ fn validate(command: &Command) -> Result<(), crate::config::ConflictError> {
         Command::Api(args) => args.validate(),
         Command::Migrate(_)
         | Command::Watch(_)
+        | Command::DeadLetters(_)
         | Command::Healthcheck(_)
         | Command::ConfigReference => Ok(()),
     }
@@ -143,6 +149,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Daemon(args) => daemon::run(*args).await,
         Command::Api(args) => api::run(*args).await,
         Command::Watch(args) => watch::run(args).await,
+        Command::DeadLetters(args) => dead_letters::run(args).await,
         Command::Healthcheck(args) => healthcheck(args).await,
         Command::ConfigReference => {
             print!("{}", crate::config::reference::markdown(&Cli::command()));

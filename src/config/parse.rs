@@ -317,6 +317,17 @@ pub fn reminder_minutes(raw: &str) -> Result<ReminderMinutes, String> {
     Ok(ReminderMinutes(minutes))
 }
 
+/// The name of a kind of scheduled event.
+pub fn kind(raw: &str) -> Result<&'static crate::kinds::Kind, String> {
+    crate::kinds::by_name(raw).ok_or_else(|| {
+        let names: Vec<&str> = crate::kinds::ALL.iter().map(|kind| kind.name).collect();
+        format!(
+            "'{raw}' is not a kind; expected one of {}",
+            names.join(", ")
+        )
+    })
+}
+
 /// An AMQP exchange or routing key name: 1 to 255 bytes of printable ASCII.
 pub fn amqp_name(raw: &str) -> Result<String, String> {
     if raw.is_empty() || raw.len() > 255 || !raw.bytes().all(|b| b.is_ascii_graphic()) {

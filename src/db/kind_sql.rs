@@ -146,8 +146,9 @@ pub fn next_due<'a>(kinds: impl IntoIterator<Item = &'a Kind>) -> String {
     )
 }
 
-/// Pending rows of `kind`, how many are overdue, and seconds until the
-/// earliest: one scan of the partial index on pending rows (the gauges).
+/// Pending rows of `kind`, how many are overdue, seconds until the earliest
+/// (one scan of the partial index on pending rows), and how many are dead
+/// letters (from their own small index): the gauges.
 pub fn observe(kind: &Kind) -> String {
     let Kind {
         table,
@@ -159,7 +160,8 @@ pub fn observe(kind: &Kind) -> String {
     format!(
         "SELECT count(*)::bigint, \
                 count(*) FILTER (WHERE {time} <= clock_timestamp())::bigint, \
-                extract(epoch FROM min({time}) - clock_timestamp())::float8 \
+                extract(epoch FROM min({time}) - clock_timestamp())::float8, \
+                (SELECT count(*) FROM {table} WHERE dead_lettered_at IS NOT NULL)::bigint \
            FROM {table} WHERE {pending}"
     )
 }
@@ -181,5 +183,59 @@ pub fn delete_expired(kind: &Kind) -> String {
                 SELECT ctid FROM {table} \
                  WHERE {done} AND coalesce({done_at}, {time}) < clock_timestamp() - make_interval(secs => $1) \
                  LIMIT $2 FOR UPDATE SKIP LOCKED))"
+    )
+}
+
+/// The dead letters of `kind`, oldest first, after the position `$2`
+/// (`dead_lettered_at`, `id`; NULLs: from the start), at most `$1`: their
+/// kind, id, due time, when and after how many attempts they were
+/// dead-lettered, and the last error.
+pub fn dead_letters(kind: &Kind) -> String {
+    let Kind {
+        name,
+        table,
+        time_column: time,
+        ..
+    } = kind;
+    format!(
+        "SELECT '{name}'::text AS kind, id, {time} AS due_at, dead_lettered_at, attempts, last_error \
+           FROM {table} \
+          WHERE dead_lettered_at IS NOT NULL \
+            AND ($2::timestamptz IS NULL OR (dead_lettered_at, id) > ($2, $3::uuid)) \
+          ORDER BY dead_lettered_at, id LIMIT $1"
+    )
+}
+
+/// Takes dead letters of `kind` back to pending with a fresh count of
+/// attempts, so the daemon delivers them at once (their trigger notifies it):
+/// those whose id is in `$1`, or every one when `$1` is NULL. Returns their ids.
+pub fn requeue(kind: &Kind) -> String {
+    let Kind {
+        table, progress, ..
+    } = kind;
+    let requeue = progress.requeue();
+    format!(
+        "UPDATE {table} SET {requeue}, attempts = 0, next_attempt_at = NULL, outcome = NULL \
+          WHERE dead_lettered_at IS NOT NULL AND ($1::uuid[] IS NULL OR id = ANY ($1)) \
+         RETURNING id"
+    )
+}
+
+/// Gives up on the dead letters of `kind` whose id is in `$1`: recorded as
+/// done with the outcome `discarded`, never delivered, and removed by the
+/// retention sweep like every finished row. Returns their ids.
+pub fn discard(kind: &Kind) -> String {
+    let Kind {
+        table,
+        progress,
+        done_at_column: done_at,
+        ..
+    } = kind;
+    let discard = progress.discard();
+    format!(
+        "UPDATE {table} SET {discard}, {done_at} = statement_timestamp(), outcome = 'discarded', \
+                dead_lettered_at = NULL, next_attempt_at = NULL \
+          WHERE dead_lettered_at IS NOT NULL AND id = ANY ($1::uuid[]) \
+         RETURNING id"
     )
 }

@@ -93,6 +93,14 @@ impl Progress {
         }
     }
 
+    /// SQL assignment finishing a dead letter without delivering it.
+    pub fn discard(self) -> String {
+        match self {
+            Self::Flag(done) => format!("{done} = true"),
+            Self::State => "state = 'cancelled'".to_owned(),
+        }
+    }
+
     /// SQL assignment taking a dead letter back to pending.
     pub fn requeue(self) -> &'static str {
         match self {
@@ -157,6 +165,11 @@ pub const ALL: [&Kind; 3] = [
     &status_transition::KIND,
     &scheduled_message::KIND,
 ];
+
+/// The kind named `name`.
+pub fn by_name(name: &str) -> Option<&'static Kind> {
+    ALL.iter().copied().find(|kind| kind.name == name)
+}
 
 /// A kind as one daemon runs it: with the routing key its envelope messages
 /// get (`None` for kinds whose rows name their own).

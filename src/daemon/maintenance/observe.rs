@@ -1,4 +1,4 @@
-//! Pending, overdue and next-due gauges per kind, observed from the tables (a
+//! Pending, overdue, next-due and dead-letter gauges per kind, observed from the tables (a
 //! dashboard must see a stuck backlog even when nothing is being delivered).
 
 use std::collections::BTreeMap;
@@ -21,6 +21,7 @@ struct Observation {
     pending: u64,
     overdue: u64,
     next_due_s: Option<f64>,
+    dead_lettered: u64,
 }
 
 /// Each kind's latest observation, with its `kind` attribute.
@@ -37,6 +38,7 @@ struct Gauges {
     _pending: ObservableGauge<u64>,
     _overdue: ObservableGauge<u64>,
     _next_due: ObservableGauge<f64>,
+    _dead_lettered: ObservableGauge<u64>,
 }
 
 /// Registers the gauges with the global meter provider (once).
@@ -79,6 +81,18 @@ pub fn register() {
                     }
                 })
                 .build(),
+            _dead_lettered: meter
+                .u64_observable_gauge("notification_scheduler.dead_lettered")
+                .with_unit("{event}")
+                .with_description(
+                    "Dead-lettered events in the tables, waiting to be retried or discarded, by kind",
+                )
+                .with_callback(|gauge| {
+                    for (kind, latest) in latest() {
+                        gauge.observe(latest.dead_lettered, &kind);
+                    }
+                })
+                .build(),
         }
     });
 }
@@ -94,6 +108,7 @@ pub async fn run(pool: Pool) {
                     pending: row.get::<_, i64>(0).unsigned_abs(),
                     overdue: row.get::<_, i64>(1).unsigned_abs(),
                     next_due_s: row.get(2),
+                    dead_lettered: row.get::<_, i64>(3).unsigned_abs(),
                 };
                 LATEST
                     .lock()
