@@ -15,6 +15,7 @@ pub mod backoff;
 pub mod error_chain;
 pub mod flow;
 pub mod listener;
+pub mod liveness;
 pub mod metrics;
 pub mod model;
 pub mod ports;

@@ -173,6 +173,20 @@ pub struct DaemonArgs {
     #[arg(long, env = "DELIVERY_MAX_ATTEMPTS", default_value = "10", value_parser = parse::bounded_integer(1, 1_000))]
     pub max_attempts: usize,
 
+    /// /healthz fails (503) when delivery has made no progress for this long
+    /// while events are due and PostgreSQL and RabbitMQ answer, or when a
+    /// round has been stuck this long: the orchestrator then restarts the
+    /// process. Must exceed WATCHDOG_TIMEOUT.
+    #[arg(long, env = "LIVENESS_STALL_TIMEOUT", default_value = "90s", value_parser = parse::positive_duration)]
+    pub liveness_stall_timeout: Duration,
+
+    /// A delivery round that makes no progress for this long (while the
+    /// broker accepts publishes) is stuck: the scheduler is restarted, its
+    /// claims rolled back. Must exceed DATABASE_QUERY_TIMEOUT and
+    /// RABBITMQ_CONFIRM_TIMEOUT, which bound a healthy round's waits.
+    #[arg(long, env = "WATCHDOG_TIMEOUT", default_value = "30s", value_parser = parse::positive_duration)]
+    pub watchdog_timeout: Duration,
+
     /// Period of the full re-read of the schedule that catches changes whose
     /// notification was lost.
     #[arg(long, env = "SAFETY_CHECK_INTERVAL", default_value = "5m", value_parser = parse::positive_duration)]
@@ -238,6 +252,25 @@ impl DaemonArgs {
                 reason: format!(
                     "is {:?}; it must exceed RABBITMQ_CONFIRM_TIMEOUT ({:?}), or a batch awaiting confirms could lose its claim",
                     self.claim_timeout, self.broker.rabbitmq_confirm_timeout
+                ),
+            });
+        }
+        if self.liveness_stall_timeout <= self.watchdog_timeout {
+            return Err(ConflictError {
+                setting: "LIVENESS_STALL_TIMEOUT (--liveness-stall-timeout)",
+                reason: format!(
+                    "is {:?}; it must exceed WATCHDOG_TIMEOUT ({:?}), so that the watchdog restarts a stuck scheduler before liveness gives up on the process",
+                    self.liveness_stall_timeout, self.watchdog_timeout
+                ),
+            });
+        }
+        let longest_wait = self.query_timeout.max(self.broker.rabbitmq_confirm_timeout);
+        if self.watchdog_timeout <= longest_wait {
+            return Err(ConflictError {
+                setting: "WATCHDOG_TIMEOUT (--watchdog-timeout)",
+                reason: format!(
+                    "is {:?}; it must exceed DATABASE_QUERY_TIMEOUT and RABBITMQ_CONFIRM_TIMEOUT ({longest_wait:?}), or a healthy round could be restarted",
+                    self.watchdog_timeout
                 ),
             });
         }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actors::backoff::Backoff;
+use actors::liveness::Liveness;
 use actors::ports::RetryPolicy;
 use actors::readiness::{Component, Readiness};
 use actors::scheduler::SchedulerSettings;
@@ -71,8 +72,13 @@ impl RunningDaemon {
         readiness.set(Component::Database, false, Some("starting".to_owned()));
         let health = health::bind(args.health_addr).await?;
         let health_addr = health.local_addr()?;
+        let liveness = Liveness::default();
         let health_server = tokio::spawn({
-            let router = health::router(readiness.clone());
+            let router = health::router(health::Health {
+                readiness: readiness.clone(),
+                liveness: liveness.clone(),
+                stall_timeout: args.liveness_stall_timeout,
+            });
             async move { axum::serve(health, router).await }
         });
         let (fatal_sender, fatal) = watch::channel(None);
@@ -96,6 +102,7 @@ impl RunningDaemon {
             )),
             settings: supervisor_settings(args),
             readiness: readiness.clone(),
+            liveness,
             fatal: fatal_sender,
         };
         let (supervisor, supervisor_done) =
@@ -232,6 +239,7 @@ fn supervisor_settings(args: &DaemonArgs) -> SupervisorSettings {
         stable_after: Duration::from_secs(30),
         listener_ping_interval: args.listener_ping_interval,
         confirm_timeout: args.broker.rabbitmq_confirm_timeout,
+        watchdog_timeout: args.watchdog_timeout,
         scheduler: SchedulerSettings {
             batch_size: args.batch_size,
             max_in_flight_batches: args.max_in_flight_batches,

@@ -26,6 +26,7 @@ pub use round::{RoundOutcome, SettleError};
 use crate::backoff::Backoff;
 use crate::error_chain::Chain;
 use crate::flow::FlowControl;
+use crate::liveness::Liveness;
 use crate::model::ChangeHint;
 use crate::ports::{PortError, ScheduleStore};
 use crate::publisher::PublisherHandle;
@@ -90,6 +91,8 @@ pub struct SchedulerArgs<S> {
     pub publisher: Slot<PublisherHandle>,
     pub flow: FlowControl,
     pub readiness: Readiness,
+    /// Where rounds and settled batches are recorded.
+    pub liveness: Liveness,
 }
 
 /// The armed timer.
@@ -106,6 +109,7 @@ pub struct SchedulerState<S> {
     publisher: Slot<PublisherHandle>,
     flow: FlowControl,
     readiness: Readiness,
+    liveness: Liveness,
     in_flight: InFlight,
     armed: Option<Armed>,
     /// Generation of the latest arming; older timers are ignored.
@@ -128,6 +132,7 @@ impl<S> Drop for SchedulerState<S> {
         }
         if let Some(round) = self.round.take() {
             round.abort();
+            self.liveness.round_abandoned();
         }
     }
 }
@@ -169,7 +174,9 @@ impl<S: ScheduleStore> SchedulerState<S> {
             batch_size: self.settings.batch_size,
             scheduler: myself.clone(),
             stopping: self.stopping.subscribe(),
+            liveness: self.liveness.clone(),
         };
+        self.liveness.round_started();
         let myself = myself.clone();
         self.round = Some(tokio::spawn(
             async move {
@@ -199,6 +206,13 @@ impl<S: ScheduleStore> SchedulerState<S> {
 
     fn round_finished(&mut self, myself: &ActorRef<SchedulerMessage>, outcome: RoundOutcome) {
         self.round = None;
+        self.liveness.round_finished(
+            outcome != RoundOutcome::PublisherUnavailable,
+            matches!(
+                outcome,
+                RoundOutcome::Idle | RoundOutcome::Sleep(_) | RoundOutcome::Stopped
+            ),
+        );
         if self.readiness.set(Component::Database, true, None) {
             tracing::info!("database queries succeed");
         }
@@ -243,6 +257,7 @@ impl<S: ScheduleStore> Actor for SchedulerActor<S> {
             publisher: args.publisher,
             flow: args.flow,
             readiness: args.readiness,
+            liveness: args.liveness,
             armed: None,
             generation: 0,
             round: None,
@@ -290,6 +305,7 @@ impl<S: ScheduleStore> Actor for SchedulerActor<S> {
             SchedulerMessage::RoundFinished(outcome) => state.round_finished(&myself, outcome),
             SchedulerMessage::RoundFailed(err) => {
                 state.round = None;
+                state.liveness.round_abandoned();
                 state
                     .readiness
                     .set(Component::Database, false, Some(Chain(&err).to_string()));

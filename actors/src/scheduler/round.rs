@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use super::SchedulerMessage;
 use crate::flow::FlowControl;
+use crate::liveness::Liveness;
 use crate::metrics::Outcome;
 use crate::model::{DueEvent, NextDue, PublishOutcome};
 use crate::ports::{Claim, PortError, ScheduleStore, Undelivered};
@@ -97,6 +98,7 @@ pub struct RoundContext<S> {
     pub batch_size: usize,
     pub scheduler: ActorRef<SchedulerMessage>,
     pub stopping: watch::Receiver<bool>,
+    pub liveness: Liveness,
 }
 
 impl<S: ScheduleStore> RoundContext<S> {
@@ -195,6 +197,7 @@ impl<S: ScheduleStore> RoundContext<S> {
         let publisher = publisher.clone();
         let in_flight = self.in_flight.clone();
         let scheduler = self.scheduler.clone();
+        let liveness = self.liveness.clone();
         tokio::spawn(
             async move {
                 let outcomes = match confirms {
@@ -220,6 +223,9 @@ impl<S: ScheduleStore> RoundContext<S> {
                     }
                 }
                 drop(permit);
+                if settled.is_ok() {
+                    liveness.batch_settled();
+                }
                 match settled {
                     // The rows to retry were in flight when the round read
                     // the next deadline, which therefore looked past them.

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorRef, ActorStatus};
 
 use super::*;
+use crate::liveness::Liveness;
 use crate::model::PublishOutcome;
 use crate::publisher::{PublisherActor, PublisherArgs, PublisherHandle};
 use crate::slot::Slot;
@@ -69,6 +70,7 @@ impl Harness {
             publisher: self.publisher.clone(),
             flow: self.flow.clone(),
             readiness: self.readiness.clone(),
+            liveness: Liveness::default(),
         };
         let (scheduler, _) = Actor::spawn(None, SchedulerActor::<FakeStore>::default(), args)
             .await

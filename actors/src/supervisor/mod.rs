@@ -41,6 +41,7 @@ use crate::backoff::Backoff;
 use crate::error_chain::{Chain, caused_by};
 use crate::flow::FlowControl;
 use crate::listener::{ListenerActor, ListenerArgs, ListenerMessage};
+use crate::liveness::Liveness;
 use crate::ports::{BrokerConnector, ListenConnector, PortError, ScheduleStore};
 use crate::publisher::{PublisherActor, PublisherArgs, PublisherHandle};
 use crate::readiness::{Component, Readiness};
@@ -81,6 +82,9 @@ impl Child {
 pub enum SupervisorMessage {
     /// From itself, after a backoff: start (or restart) a child.
     Start(Child),
+    /// From the watchdog's interval: restart the scheduler if its round is
+    /// stuck.
+    Watchdog,
     /// From the daemon on SIGTERM/SIGINT: let claimed batches settle within
     /// `grace`, stop every child, then reply.
     Shutdown {
@@ -103,6 +107,10 @@ pub struct SupervisorSettings {
     pub stable_after: Duration,
     pub listener_ping_interval: Duration,
     pub confirm_timeout: Duration,
+    /// A round that makes no progress for this long (no batch settles) while
+    /// the broker accepts publishes is stuck: the watchdog restarts the
+    /// scheduler. Checked every tenth of it.
+    pub watchdog_timeout: Duration,
     pub scheduler: SchedulerSettings,
 }
 
@@ -113,6 +121,9 @@ pub struct SupervisorArgs<S, B, L> {
     pub listen: Arc<L>,
     pub settings: SupervisorSettings,
     pub readiness: Readiness,
+    /// Delivery progress, recorded by the scheduler, read by the watchdog
+    /// and the liveness endpoint.
+    pub liveness: Liveness,
     /// Receives the reason if the daemon must stop for good.
     pub fatal: watch::Sender<Option<String>>,
 }
@@ -191,6 +202,7 @@ where
                     publisher: self.publisher.clone(),
                     flow: self.flow.clone(),
                     readiness: self.args.readiness.clone(),
+                    liveness: self.args.liveness.clone(),
                 };
                 let (actor, _) =
                     Actor::spawn_linked(None, SchedulerActor::<S>::default(), args, supervisor)
@@ -336,6 +348,29 @@ where
         }
     }
 
+    /// Restarts the scheduler if its round has made no progress for the
+    /// watchdog timeout, so that a hung claim or commit cannot stall delivery
+    /// until liveness gives up on the process.
+    fn watchdog(&mut self) {
+        let timeout = self.args.settings.watchdog_timeout;
+        let Some(stuck) = self.args.liveness.round_stuck_for() else {
+            return;
+        };
+        // While the broker blocks publishers, waiting is the round's job.
+        if stuck < timeout || self.flow.is_blocked() || self.shutting_down {
+            return;
+        }
+        if let Some(cell) = &self.children[index(Child::Scheduler)].cell {
+            let reason = format!(
+                "watchdog: the delivery round made no progress for {}s; restarting the scheduler",
+                stuck.as_secs()
+            );
+            tracing::error!(stuck_s = stuck.as_secs(), "{reason}");
+            self.args.liveness.round_abandoned();
+            cell.stop(Some(reason));
+        }
+    }
+
     fn child_of(&self, cell: &ActorCell) -> Option<Child> {
         Child::ALL.into_iter().find(|child| {
             self.children[index(*child)]
@@ -418,6 +453,10 @@ where
         for child in Child::ALL {
             state.start(&myself, child).await;
         }
+        let period = state.args.settings.watchdog_timeout / 10;
+        myself.send_interval(period.max(Duration::from_millis(10)), || {
+            SupervisorMessage::Watchdog
+        });
         Ok(())
     }
 
@@ -429,6 +468,7 @@ where
     ) -> Result<(), ActorProcessingErr> {
         match message {
             SupervisorMessage::Start(child) => state.start(&myself, child).await,
+            SupervisorMessage::Watchdog => state.watchdog(),
             SupervisorMessage::Shutdown { grace, reply } => {
                 state.shutdown(grace).await;
                 let _ = reply.send(());

@@ -16,6 +16,7 @@ struct Harness {
     broker: FakeBroker,
     feed: FakeFeed,
     readiness: Readiness,
+    liveness: Liveness,
     fatal: watch::Receiver<Option<String>>,
     supervisor: ActorRef<SupervisorMessage>,
 }
@@ -27,6 +28,7 @@ fn settings() -> SupervisorSettings {
         stable_after: Duration::from_secs(30),
         listener_ping_interval: Duration::from_secs(15),
         confirm_timeout: Duration::from_secs(10),
+        watchdog_timeout: Duration::from_secs(30),
         scheduler: SchedulerSettings {
             batch_size: 100,
             max_in_flight_batches: 2,
@@ -43,6 +45,7 @@ async fn start(prepare: impl FnOnce(&FakeStore, &FakeBroker)) -> Harness {
     let feed = FakeFeed::default();
     prepare(&store, &broker);
     let readiness = Readiness::default();
+    let liveness = Liveness::default();
     let (fatal_sender, fatal) = watch::channel(None);
     let args = SupervisorArgs {
         store: store.clone(),
@@ -50,6 +53,7 @@ async fn start(prepare: impl FnOnce(&FakeStore, &FakeBroker)) -> Harness {
         listen: Arc::new(feed.clone()),
         settings: settings(),
         readiness: readiness.clone(),
+        liveness: liveness.clone(),
         fatal: fatal_sender,
     };
     let (supervisor, _) = Actor::spawn(None, SupervisorActor::default(), args)
@@ -60,6 +64,7 @@ async fn start(prepare: impl FnOnce(&FakeStore, &FakeBroker)) -> Harness {
         broker,
         feed,
         readiness,
+        liveness,
         fatal,
         supervisor,
     }
@@ -203,4 +208,26 @@ async fn a_publisher_that_keeps_crashing_backs_off_further() {
         longest > Duration::from_millis(500),
         "a crash loop backs off beyond the reconnect cap: {longest:?}"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_claim_that_never_returns_is_restarted_by_the_watchdog_before_liveness_gives_up() {
+    let h = start(|store, _| {
+        store.insert_overdue(Duration::from_secs(1), None);
+        store.hang_claims(true);
+    })
+    .await;
+    advance_until(Duration::from_secs(1), || h.store.claims() == 1).await;
+    assert_eq!(
+        h.liveness.stalled_for().map(|d| d < Duration::from_secs(1)),
+        Some(true)
+    );
+    // The watchdog (30 s) stops the stuck scheduler; its successor claims anew.
+    advance_until(Duration::from_secs(35), || h.store.claims() == 2).await;
+    let stalled = h.liveness.stalled_for().expect("still due");
+    assert!(stalled >= Duration::from_secs(30), "{stalled:?}");
+    h.store.hang_claims(false);
+    advance_until(Duration::from_secs(35), || h.store.pending() == 0).await;
+    assert_eq!(h.liveness.stalled_for(), None, "caught up");
+    assert_eq!(h.liveness.round_stuck_for(), None);
 }

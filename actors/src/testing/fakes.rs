@@ -46,6 +46,7 @@ struct StoreInner {
     next_due_queries: usize,
     claims: usize,
     failing: Option<String>,
+    hanging: bool,
 }
 
 /// A schedule table whose clock is tokio's (pausable) clock.
@@ -158,6 +159,11 @@ impl FakeStore {
         self.lock().claims
     }
 
+    /// Makes claims never return (a hung statement), or return again.
+    pub fn hang_claims(&self, hanging: bool) {
+        self.lock().hanging = hanging;
+    }
+
     /// Makes every query fail with `reason` (or succeed again with `None`).
     pub fn fail_with(&self, reason: Option<&str>) {
         self.lock().failing = reason.map(str::to_owned);
@@ -186,6 +192,10 @@ impl ScheduleStore for FakeStore {
 
     async fn claim_due(&self, limit: usize) -> Result<FakeClaim, PortError> {
         self.check()?;
+        if self.lock().hanging {
+            self.lock().claims += 1;
+            std::future::pending::<()>().await;
+        }
         let now = self.now();
         let grace = chrono::Duration::from_std(self.stale_grace).unwrap();
         let mut inner = self.lock();
