@@ -6,16 +6,24 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use serde::Serialize;
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
 use notification_scheduler::broker::consumer::{QueueKind, Received, ReminderConsumer};
 use notification_scheduler::config::{BrokerUrl, DatabaseUrl};
 use notification_scheduler::db;
-use notification_scheduler::kinds::status_transition;
+use notification_scheduler::kinds::{self, Kind, reminder, scheduled_message, status_transition};
 
 /// Routing key of reminder messages (the daemon's default).
 pub const ROUTING_KEY: &str = "game.reminder_due";
+
+/// Scheduled messages written by the benchmark go to `<prefix><n>`, n
+/// zero-padded to three digits and taken modulo [`MESSAGE_ROUTING_KEYS`].
+pub const MESSAGE_ROUTING_KEY_PREFIX: &str = "bench.message.";
+
+/// How many routing keys the benchmark's scheduled messages are spread over.
+pub const MESSAGE_ROUTING_KEYS: i64 = 1_000;
 
 /// A database, exchange and queue created for one benchmark run.
 pub struct BenchEnv {
@@ -28,9 +36,29 @@ pub struct BenchEnv {
     pub client: tokio_postgres::Client,
     /// The `notification-scheduler` binary run as the daemon.
     pub daemon_binary: PathBuf,
-    /// Every other row the scenarios write is a status transition instead of
-    /// a reminder.
-    pub mixed_kinds: bool,
+    /// The kinds of the rows the lateness and backlog scenarios measure: row
+    /// n is of kind `measured[n % measured.len()]`.
+    pub measured: Vec<RowKind>,
+}
+
+/// A kind of row the lateness and backlog scenarios write and measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RowKind {
+    Reminder,
+    StatusTransition,
+    ScheduledMessage,
+}
+
+impl RowKind {
+    /// The service's declaration of this kind.
+    pub fn kind(self) -> &'static Kind {
+        match self {
+            Self::Reminder => &reminder::KIND,
+            Self::StatusTransition => &status_transition::KIND,
+            Self::ScheduledMessage => &scheduled_message::KIND,
+        }
+    }
 }
 
 impl BenchEnv {
@@ -39,7 +67,7 @@ impl BenchEnv {
         server: &DatabaseUrl,
         broker: &BrokerUrl,
         daemon_binary: PathBuf,
-        mixed_kinds: bool,
+        measured: Vec<RowKind>,
     ) -> anyhow::Result<Self> {
         let id = Uuid::new_v4().simple().to_string();
         let database = format!("bench_{}", &id[..12]);
@@ -61,16 +89,18 @@ impl BenchEnv {
             queue: format!("bench.{}", &id[..12]),
             client,
             daemon_binary,
-            mixed_kinds,
+            measured,
         })
     }
 
-    /// Binds the bench queue (durable, like the bot's) to the exchange.
+    /// Binds the bench queue (durable, like the bot's) to the exchange, for
+    /// every kind's routing keys (one pattern for all scheduled messages).
     pub async fn consumer(&self) -> anyhow::Result<ReminderConsumer> {
+        let messages = format!("{MESSAGE_ROUTING_KEY_PREFIX}*");
         Ok(ReminderConsumer::bind(
             &self.broker,
             &self.exchange,
-            &[ROUTING_KEY, status_transition::ROUTING_KEY],
+            &[ROUTING_KEY, status_transition::ROUTING_KEY, &messages],
             QueueKind::Durable(self.queue.clone()),
             u16::MAX,
         )
@@ -94,18 +124,61 @@ impl BenchEnv {
         }
     }
 
-    /// Notification times of all pending rows, by id.
+    /// Due times of all pending rows of every kind that are already due, by id.
     pub async fn pending(&self) -> anyhow::Result<HashMap<Uuid, DateTime<Utc>>> {
-        let rows = self
-            .client
-            .query(
-                "SELECT id, notification_time FROM notification_schedule WHERE NOT sent \
-                 UNION ALL SELECT id, transition_time FROM game_status_schedule WHERE NOT executed",
-                &[],
-            )
-            .await?;
+        let due: Vec<String> = kinds::ALL
+            .iter()
+            .map(|kind| {
+                format!(
+                    "SELECT id, {time} FROM {table} WHERE {pending} AND {time} <= now()",
+                    time = kind.time_column,
+                    table = kind.table,
+                    pending = kind.progress.pending()
+                )
+            })
+            .collect();
+        let rows = self.client.query(&due.join(" UNION ALL "), &[]).await?;
         Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
     }
+
+    /// Rows of every kind beside the measured ones: pending far in the future
+    /// (more than a day ahead), and already dealt with.
+    pub async fn beside(&self) -> anyhow::Result<Vec<TableRows>> {
+        let mut tables = Vec::with_capacity(kinds::ALL.len());
+        for kind in kinds::ALL {
+            let row = self
+                .client
+                .query_one(
+                    &format!(
+                        "SELECT count(*) FILTER (WHERE {pending} AND {time} > now() + interval '1 day'), \
+                                count(*) FILTER (WHERE {done}) \
+                           FROM {table}",
+                        pending = kind.progress.pending(),
+                        done = kind.progress.done(),
+                        time = kind.time_column,
+                        table = kind.table
+                    ),
+                    &[],
+                )
+                .await?;
+            tables.push(TableRows {
+                kind: kind.name,
+                future_pending: row.get(0),
+                done: row.get(1),
+            });
+        }
+        Ok(tables)
+    }
+}
+
+/// Rows of one kind that sat in its table beside a run's measured rows.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableRows {
+    pub kind: &'static str,
+    /// Pending, due more than a day after the run.
+    pub future_pending: i64,
+    /// Already published or otherwise dealt with.
+    pub done: i64,
 }
 
 /// Replaces the database name (the path) of a PostgreSQL URL.

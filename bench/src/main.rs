@@ -22,7 +22,7 @@ use clap::{Parser, ValueEnum};
 use notification_scheduler::config::{BrokerUrl, DatabaseUrl, LoggingArgs, parse};
 use serde::Serialize;
 
-use harness::BenchEnv;
+use harness::{BenchEnv, RowKind};
 use scenarios::{BacklogRun, CeilingRun, LatenessRun};
 
 /// A benchmark scenario.
@@ -103,6 +103,14 @@ pub struct BenchArgs {
     #[arg(long)]
     pub mixed_kinds: bool,
 
+    /// Add N pending scheduled messages far in the future, across 1,000
+    /// routing keys, before the scenarios run, and make the lateness and
+    /// backlog rows scheduled messages across the same keys (with
+    /// --mixed-kinds: reminders, status transitions and scheduled messages in
+    /// turn). 0 measures scheduled messages without adding any.
+    #[arg(long, value_name = "N")]
+    pub scheduled_messages: Option<u64>,
+
     /// Where to write the JSON report.
     #[arg(long, default_value = "bench-results/bench.json")]
     pub output: PathBuf,
@@ -117,6 +125,8 @@ pub struct BenchArgs {
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub machine: Machine,
+    /// The kinds of the rows the lateness and backlog scenarios measured, in turn.
+    pub measured: Vec<RowKind>,
     pub lateness: Vec<LatenessRun>,
     pub backlog: Vec<BacklogRun>,
     pub ceiling: Vec<CeilingRun>,
@@ -163,11 +173,21 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
          notification-scheduler) or name it with --daemon-binary",
         daemon_binary.display()
     );
+    let measured = match (args.mixed_kinds, args.scheduled_messages.is_some()) {
+        (false, false) => vec![RowKind::Reminder],
+        (true, false) => vec![RowKind::Reminder, RowKind::StatusTransition],
+        (false, true) => vec![RowKind::ScheduledMessage],
+        (true, true) => vec![
+            RowKind::Reminder,
+            RowKind::StatusTransition,
+            RowKind::ScheduledMessage,
+        ],
+    };
     let env = BenchEnv::create(
         &args.database_url,
         &args.rabbitmq_url,
         daemon_binary,
-        args.mixed_kinds,
+        measured,
     )
     .await?;
     let result = run_scenarios(&args, &env).await;
@@ -189,6 +209,7 @@ fn quick(args: BenchArgs) -> BenchArgs {
         backlog_reminders: 2_000,
         backlog_rounds: 1,
         scale_rows: 20_000,
+        scheduled_messages: args.scheduled_messages.map(|rows| rows.min(20_000)),
         ..args
     }
 }
@@ -198,6 +219,7 @@ async fn run_scenarios(args: &BenchArgs, env: &BenchEnv) -> anyhow::Result<Repor
     let daemon_args = &args.daemon_args;
     let mut report = Report {
         machine: machine(env).await?,
+        measured: env.measured.clone(),
         lateness: Vec::new(),
         backlog: Vec::new(),
         ceiling: Vec::new(),
@@ -205,19 +227,25 @@ async fn run_scenarios(args: &BenchArgs, env: &BenchEnv) -> anyhow::Result<Repor
         floors: Vec::new(),
     };
     let (count, spread) = (args.lateness_reminders, args.lateness_spread);
-    let label = |what: &'static str| {
-        if args.mixed_kinds {
-            "mixed kinds"
-        } else {
-            what
-        }
+    let measured = rows_name(&env.measured);
+    if let Some(messages) = args.scheduled_messages.filter(|&messages| messages > 0) {
+        eprintln!(
+            "[bench] adding {messages} pending future scheduled messages across {} routing keys",
+            harness::MESSAGE_ROUTING_KEYS
+        );
+        scenarios::add_future_messages(env, messages).await?;
+    }
+    let label = match (args.mixed_kinds, args.scheduled_messages) {
+        (false, None) => "empty table".to_owned(),
+        (true, None) => "mixed kinds".to_owned(),
+        (false, Some(messages)) => format!("messages, {messages} future"),
+        (true, Some(messages)) => format!("3 kinds, {messages} future"),
     };
     if args.scenarios.contains(&Scenario::Lateness) {
-        eprintln!("[bench] lateness: {count} reminders over {spread:?}");
-        report.lateness.push(
-            scenarios::lateness(env, label("empty table"), count, spread, lead, daemon_args)
-                .await?,
-        );
+        eprintln!("[bench] lateness: {count} {measured} over {spread:?}");
+        report
+            .lateness
+            .push(scenarios::lateness(env, &label, count, spread, lead, daemon_args).await?);
     }
     if args.scenarios.contains(&Scenario::Backlog) {
         // The machine is shared and noisy: alternate the broker's own rate and
@@ -233,7 +261,7 @@ async fn run_scenarios(args: &BenchArgs, env: &BenchEnv) -> anyhow::Result<Repor
                 .ceiling
                 .push(scenarios::ceiling(env, count, args.ceiling_window).await?);
             eprintln!(
-                "[bench] backlog {round}/{}: {count} overdue reminders",
+                "[bench] backlog {round}/{}: {count} overdue {measured}",
                 args.backlog_rounds
             );
             report
@@ -261,6 +289,15 @@ async fn run_scenarios(args: &BenchArgs, env: &BenchEnv) -> anyhow::Result<Repor
     }
     report.floors = floors(&report);
     Ok(report)
+}
+
+/// What the measured rows are called in progress lines.
+fn rows_name(measured: &[RowKind]) -> &'static str {
+    match measured {
+        [RowKind::Reminder] => "reminders",
+        [RowKind::ScheduledMessage] => "scheduled messages",
+        _ => "rows of mixed kinds",
+    }
 }
 
 async fn machine(env: &BenchEnv) -> anyhow::Result<Machine> {
@@ -348,6 +385,12 @@ fn print(report: &Report) {
         "\nmachine: {} CPUs, {:.1} GiB, PostgreSQL {}, Linux {}",
         m.cpus, m.memory_gib, m.postgres, m.kernel
     );
+    let kinds: Vec<&str> = report
+        .measured
+        .iter()
+        .map(|kind| kind.kind().name)
+        .collect();
+    println!("measured rows: {}", kinds.join(", "));
     println!(
         "\n{:<22} {:>6} {:>8} {:>8} {:>8} {:>8} {:>5} {:>7} {:>4} {:>9}",
         "lateness",
@@ -384,16 +427,23 @@ fn print(report: &Report) {
     for run in &report.lateness {
         let q = &run.queries;
         println!(
-            "{:<22} {:>9.3} {:>10.3} {:>10.3}  (pending {}, sent {}; server: claim {:.3}, next-due {:.3})",
+            "{:<22} {:>9.3} {:>10.3} {:>10.3}  ({} pending {}, sent {}; server: claim {:.3}, next-due {:.3})",
             run.label,
             q.claim_p50_ms,
             q.claim_p99_ms,
             q.next_due_p50_ms,
+            q.claim_kind,
             q.pending_rows,
             q.sent_rows,
             q.claim_explain_ms,
             q.next_due_explain_ms
         );
+    }
+    if !report.lateness.is_empty() {
+        println!("\nrows beside (pending more than a day ahead / done)");
+    }
+    for run in &report.lateness {
+        println!("{:<22} {}", run.label, beside(&run.beside));
     }
     for (ceiling, backlog) in report.ceiling.iter().zip(&report.backlog) {
         println!(
@@ -406,8 +456,9 @@ fn print(report: &Report) {
             ceiling.accounting.duplicates
         );
         println!(
-            "backlog: {:>7} reminders in {:>6.2} s = {:>8.0}/s (first after {:.3} s, missing {}, dup {}, RSS {:.1} MiB)",
+            "backlog: {:>7} {} in {:>6.2} s = {:>8.0}/s (first after {:.3} s, missing {}, dup {}, RSS {:.1} MiB)",
             backlog.reminders,
+            rows_name(&backlog.measured),
             backlog.seconds,
             backlog.per_second,
             backlog.first_message_seconds,
@@ -415,6 +466,7 @@ fn print(report: &Report) {
             backlog.accounting.duplicates,
             backlog.peak_rss_kib.unwrap_or(0) as f64 / 1024.0
         );
+        println!("         beside: {}", beside(&backlog.beside));
     }
     if let Some(ratio) = report.backlog_to_ceiling {
         println!("backlog / ceiling (medians): {ratio:.2}");
@@ -429,6 +481,15 @@ fn print(report: &Report) {
             if floor.met { "yes" } else { "NO" }
         );
     }
+}
+
+/// `kind pending / done` for every kind.
+fn beside(tables: &[harness::TableRows]) -> String {
+    let tables: Vec<String> = tables
+        .iter()
+        .map(|table| format!("{} {} / {}", table.kind, table.future_pending, table.done))
+        .collect();
+    tables.join(", ")
 }
 
 fn median(values: impl Iterator<Item = f64>) -> f64 {

@@ -13,18 +13,26 @@ use futures_util::stream::FuturesUnordered;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::ShortString;
 use serde::Serialize;
+use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
-use super::harness::{BenchEnv, DaemonProcess, ROUTING_KEY, collect};
+use super::harness::{
+    BenchEnv, DaemonProcess, MESSAGE_ROUTING_KEY_PREFIX, MESSAGE_ROUTING_KEYS, ROUTING_KEY,
+    RowKind, TableRows, collect,
+};
 use super::stats::{self, Accounting, Lateness};
 use notification_scheduler::broker::envelope;
 use notification_scheduler::db::kind_sql;
-use notification_scheduler::kinds::{self, reminder};
+use notification_scheduler::kinds::{self, Expiry, reminder, scheduled_message};
 
 /// Result of a lateness run.
 #[derive(Debug, Clone, Serialize)]
 pub struct LatenessRun {
     pub label: String,
+    /// The kinds of the measured rows, in turn.
+    pub measured: Vec<RowKind>,
+    /// What else sat in the tables.
+    pub beside: Vec<TableRows>,
     pub lateness: Lateness,
     pub peak_rss_kib: Option<u64>,
     pub queries: QueryTimes,
@@ -33,7 +41,12 @@ pub struct LatenessRun {
 /// Result of the backlog run.
 #[derive(Debug, Clone, Serialize)]
 pub struct BacklogRun {
+    /// Overdue rows drained (reminders, or the kinds of `measured` in turn).
     pub reminders: u64,
+    /// The kinds of the overdue rows, in turn.
+    pub measured: Vec<RowKind>,
+    /// What else sat in the tables.
+    pub beside: Vec<TableRows>,
     /// From starting the daemon process to the last message consumed.
     pub seconds: f64,
     pub per_second: f64,
@@ -59,6 +72,9 @@ pub struct CeilingRun {
 /// Round-trip times of the daemon's two hot queries, in milliseconds.
 #[derive(Debug, Clone, Serialize)]
 pub struct QueryTimes {
+    /// The kind whose claim is timed (the first measured kind); the row
+    /// counts are of its table.
+    pub claim_kind: &'static str,
     pub pending_rows: i64,
     pub sent_rows: i64,
     pub claim_p50_ms: f64,
@@ -78,6 +94,7 @@ pub async fn lateness(
     lead: Duration,
     daemon_args: &[String],
 ) -> anyhow::Result<LatenessRun> {
+    let beside = env.beside().await?;
     let mut consumer = env.consumer().await?;
     let daemon = DaemonProcess::start(env, daemon_args)?;
     daemon.ready(Duration::from_secs(30)).await?;
@@ -92,6 +109,8 @@ pub async fn lateness(
     let peak_rss_kib = daemon.stop().await?;
     Ok(LatenessRun {
         label: label.to_owned(),
+        measured: env.measured.clone(),
+        beside,
         lateness: stats::lateness(&expected, &received),
         peak_rss_kib,
         queries: query_times(env).await?,
@@ -109,6 +128,7 @@ pub async fn prepare_backlog(env: &BenchEnv, count: u64) -> anyhow::Result<()> {
 pub async fn backlog(env: &BenchEnv, daemon_args: &[String]) -> anyhow::Result<BacklogRun> {
     let expected = env.pending().await?;
     let count = expected.len() as u64;
+    let beside = env.beside().await?;
     let mut consumer = env.consumer().await?;
     let started = Utc::now();
     let daemon = DaemonProcess::start(env, daemon_args)?;
@@ -129,6 +149,8 @@ pub async fn backlog(env: &BenchEnv, daemon_args: &[String]) -> anyhow::Result<B
         .map_or(f64::NAN, |first| seconds_between(started, first));
     Ok(BacklogRun {
         reminders: count,
+        measured: env.measured.clone(),
+        beside,
         seconds,
         per_second: count as f64 / seconds,
         first_message_seconds,
@@ -154,28 +176,47 @@ pub async fn ceiling(env: &BenchEnv, count: u64, window: usize) -> anyhow::Resul
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
     let now = Utc::now();
-    let reminders: Vec<DueEvent> = (0..count)
-        .map(|_| DueEvent {
-            kind: reminder::KIND.name,
-            id: Uuid::new_v4(),
-            due_at: now,
-            stale: false,
-            expires_in: Some(Duration::from_secs(3_600)),
-            lateness: Duration::ZERO,
-            traceparent: None,
-            message: Outbound {
-                exchange: None,
-                routing_key: ROUTING_KEY.into(),
-                body: Body::Envelope {
-                    event_type: "game.reminder_due",
-                    data: Arc::new(reminder::message_data(&Uuid::new_v4().to_string(), 60)),
+    let events: Vec<DueEvent> = (0..count as i64)
+        .map(|n| match env.measured[n as usize % env.measured.len()] {
+            // A status transition's envelope is the reminder's, give or take a field.
+            RowKind::Reminder | RowKind::StatusTransition => DueEvent {
+                kind: reminder::KIND.name,
+                id: Uuid::new_v4(),
+                due_at: now,
+                stale: false,
+                expires_in: Some(Duration::from_secs(3_600)),
+                lateness: Duration::ZERO,
+                traceparent: None,
+                message: Outbound {
+                    exchange: None,
+                    routing_key: ROUTING_KEY.into(),
+                    body: Body::Envelope {
+                        event_type: "game.reminder_due",
+                        data: Arc::new(reminder::message_data(&Uuid::new_v4().to_string(), 60)),
+                    },
+                },
+            },
+            RowKind::ScheduledMessage => DueEvent {
+                kind: scheduled_message::KIND.name,
+                id: Uuid::new_v4(),
+                due_at: now,
+                stale: false,
+                expires_in: None,
+                lateness: Duration::ZERO,
+                traceparent: None,
+                message: Outbound {
+                    exchange: None,
+                    routing_key: message_routing_key(n).into(),
+                    body: Body::Stored {
+                        payload: message_payload(n).into(),
+                        headers: None,
+                    },
                 },
             },
         })
         .collect();
-    let expected: HashMap<Uuid, DateTime<Utc>> = reminders.iter().map(|r| (r.id, now)).collect();
+    let expected: HashMap<Uuid, DateTime<Utc>> = events.iter().map(|e| (e.id, now)).collect();
     let exchange = ShortString::from(env.exchange.as_str());
-    let routing_key = ShortString::from(ROUTING_KEY);
     let options = BasicPublishOptions {
         mandatory: true,
         ..BasicPublishOptions::default()
@@ -189,7 +230,7 @@ pub async fn ceiling(env: &BenchEnv, count: u64, window: usize) -> anyhow::Resul
     let started = Utc::now();
     let publish = async {
         let mut unconfirmed = FuturesUnordered::new();
-        for chunk in reminders.chunks(window.clamp(1, 1_000)) {
+        for chunk in events.chunks(window.clamp(1, 1_000)) {
             while unconfirmed.len() + chunk.len() > window.max(chunk.len()) {
                 if let Some(confirm) = unconfirmed.next().await {
                     confirm?;
@@ -197,9 +238,12 @@ pub async fn ceiling(env: &BenchEnv, count: u64, window: usize) -> anyhow::Resul
             }
             let encoded: Vec<_> = chunk
                 .iter()
-                .map(|r| envelope::encode(r, Utc::now()))
+                .map(|e| {
+                    let (body, properties) = envelope::encode(e, Utc::now());
+                    (ShortString::from(&*e.message.routing_key), body, properties)
+                })
                 .collect();
-            let published = join_all(encoded.iter().map(|(body, properties)| {
+            let published = join_all(encoded.iter().map(|(routing_key, body, properties)| {
                 channel.basic_publish(
                     exchange.clone(),
                     routing_key.clone(),
@@ -251,17 +295,35 @@ pub async fn add_future_rows(env: &BenchEnv, rows: u64) -> anyhow::Result<()> {
     settle_table(env).await
 }
 
+/// Adds `rows` pending scheduled messages far in the future (one a second
+/// from two days ahead), spread over the benchmark's 1,000 routing keys.
+pub async fn add_future_messages(env: &BenchEnv, rows: u64) -> anyhow::Result<()> {
+    let rows = rows as i64;
+    env.client
+        .execute(
+            &format!(
+                "INSERT INTO scheduled_message (routing_key, payload, deliver_at)
+                 SELECT {}, {}, now() + interval '2 days' + n * interval '1 second'
+                   FROM generate_series(0, $1::bigint - 1) AS n",
+                message_routing_key_sql("n"),
+                message_payload_sql("n")
+            ),
+            &[&rows],
+        )
+        .await?;
+    settle_table(env).await
+}
+
 /// Leaves no setup work (hint bits, autovacuum, dirty buffers) for the
 /// measurement that follows.
 async fn settle_table(env: &BenchEnv) -> anyhow::Result<()> {
     // Separate calls: VACUUM cannot run in the implicit transaction of a
     // multi-statement batch.
-    env.client
-        .batch_execute("VACUUM ANALYZE notification_schedule")
-        .await?;
-    env.client
-        .batch_execute("VACUUM ANALYZE game_status_schedule")
-        .await?;
+    for kind in kinds::ALL {
+        env.client
+            .batch_execute(&format!("VACUUM ANALYZE {}", kind.table))
+            .await?;
+    }
     env.client.batch_execute("CHECKPOINT").await?;
     Ok(())
 }
@@ -278,8 +340,9 @@ pub async fn mark_future_rows_sent(env: &BenchEnv) -> anyhow::Result<()> {
     settle_table(env).await
 }
 
-/// Rows 0..count-1 spread evenly over `spread` after `lead`, one game each;
-/// with mixed kinds the odd rows are status transitions.
+/// Rows 0..count-1 spread evenly over `spread` after `lead`; row n is of
+/// kind `env.measured[n % env.measured.len()]`. Reminders and transitions get
+/// one game each.
 async fn insert_spread(
     env: &BenchEnv,
     count: u64,
@@ -288,104 +351,164 @@ async fn insert_spread(
 ) -> anyhow::Result<HashMap<Uuid, DateTime<Utc>>> {
     let count = count as i64;
     let (lead_ms, spread_ms) = (lead.as_millis() as f64, spread.as_millis() as f64);
-    let step: i64 = if env.mixed_kinds { 2 } else { 1 };
+    let step = env.measured.len() as i64;
     let mut expected: HashMap<Uuid, DateTime<Utc>> = HashMap::new();
-    let reminders = env
-        .client
-        .query(
-            "WITH games AS (
-                 INSERT INTO game_sessions (title, scheduled_at)
-                 SELECT 'lateness', now() + interval '1 day' FROM generate_series(0, $1::bigint - 1, $4)
-                 RETURNING id, scheduled_at),
-             numbered AS (SELECT id, scheduled_at, (row_number() OVER () - 1) * $4 AS n FROM games)
-             INSERT INTO notification_schedule (game_id, reminder_minutes, notification_time, game_scheduled_at)
-             SELECT id, 60, now() + ($2::float8 + n * $3::float8 / $1::bigint) * interval '1 ms', scheduled_at
-               FROM numbered
-             RETURNING id, notification_time",
-            &[&count, &lead_ms, &spread_ms, &step],
-        )
-        .await?;
-    expected.extend(
-        reminders
-            .iter()
-            .map(|row| (row.get::<_, Uuid>(0), row.get(1))),
-    );
-    if env.mixed_kinds {
-        let transitions = env
-            .client
-            .query(
-                "WITH games AS (
-                     INSERT INTO game_sessions (title, scheduled_at)
-                     SELECT 'lateness', now() FROM generate_series(1, $1::bigint - 1, 2)
-                     RETURNING id),
-                 numbered AS (SELECT id, (row_number() OVER () - 1) * 2 + 1 AS n FROM games)
-                 INSERT INTO game_status_schedule (game_id, target_status, transition_time)
-                 SELECT id, 'IN_PROGRESS', now() + ($2::float8 + n * $3::float8 / $1::bigint) * interval '1 ms'
-                   FROM numbered
-                 RETURNING id, transition_time",
-                &[&count, &lead_ms, &spread_ms],
-            )
-            .await?;
-        expected.extend(
-            transitions
-                .iter()
-                .map(|row| (row.get::<_, Uuid>(0), row.get(1))),
-        );
+    for (first, measured) in (0_i64..).zip(&env.measured) {
+        let series = "generate_series($5::bigint, $1::bigint - 1, $4)";
+        let due = "now() + ($2::float8 + n * $3::float8 / $1::bigint) * interval '1 ms'";
+        let params: [&(dyn ToSql + Sync); 5] = [&count, &lead_ms, &spread_ms, &step, &first];
+        let rows = match measured {
+            RowKind::Reminder => {
+                env.client
+                    .query(
+                        &format!(
+                            "WITH games AS (
+                                 INSERT INTO game_sessions (title, scheduled_at)
+                                 SELECT 'lateness', now() + interval '1 day' FROM {series}
+                                 RETURNING id, scheduled_at),
+                             numbered AS (SELECT id, scheduled_at, $5 + (row_number() OVER () - 1) * $4 AS n FROM games)
+                             INSERT INTO notification_schedule (game_id, reminder_minutes, notification_time, game_scheduled_at)
+                             SELECT id, 60, {due}, scheduled_at
+                               FROM numbered
+                             RETURNING id, notification_time"
+                        ),
+                        &params,
+                    )
+                    .await?
+            }
+            RowKind::StatusTransition => {
+                env.client
+                    .query(
+                        &format!(
+                            "WITH games AS (
+                                 INSERT INTO game_sessions (title, scheduled_at)
+                                 SELECT 'lateness', now() FROM {series}
+                                 RETURNING id),
+                             numbered AS (SELECT id, $5 + (row_number() OVER () - 1) * $4 AS n FROM games)
+                             INSERT INTO game_status_schedule (game_id, target_status, transition_time)
+                             SELECT id, 'IN_PROGRESS', {due}
+                               FROM numbered
+                             RETURNING id, transition_time"
+                        ),
+                        &params,
+                    )
+                    .await?
+            }
+            RowKind::ScheduledMessage => {
+                let routing_key = message_routing_key_sql("n");
+                let payload = message_payload_sql("n");
+                env.client
+                    .query(
+                        &format!(
+                            "INSERT INTO scheduled_message (routing_key, payload, deliver_at)
+                             SELECT {routing_key}, {payload}, {due}
+                               FROM {series} AS n
+                             RETURNING id, deliver_at"
+                        ),
+                        &params,
+                    )
+                    .await?
+            }
+        };
+        expected.extend(rows.iter().map(|row| (row.get::<_, Uuid>(0), row.get(1))));
     }
     Ok(expected)
 }
 
-/// `count` overdue rows, one game each, 1 ms apart; with mixed kinds the odd
-/// rows are status transitions.
+/// `count` overdue rows, 1 ms apart; row n is of kind
+/// `env.measured[n % env.measured.len()]`. Reminders and transitions get one
+/// game each.
 async fn insert_overdue(env: &BenchEnv, count: u64) -> anyhow::Result<()> {
     let count = count as i64;
-    let step: i64 = if env.mixed_kinds { 2 } else { 1 };
-    env.client
-        .execute(
-            "WITH games AS (
-                 INSERT INTO game_sessions (title, scheduled_at)
-                 SELECT 'backlog', now() + interval '1 hour' FROM generate_series(0, $1::bigint - 1, $2)
-                 RETURNING id, scheduled_at)
-             INSERT INTO notification_schedule (game_id, reminder_minutes, notification_time, game_scheduled_at)
-             SELECT id, 60, now() - interval '1 minute' - (row_number() OVER () - 1) * $2 * interval '1 ms', scheduled_at
-               FROM games",
-            &[&count, &step],
-        )
-        .await?;
-    if env.mixed_kinds {
-        env.client
-            .execute(
+    let step = env.measured.len() as i64;
+    for (first, measured) in (0_i64..).zip(&env.measured) {
+        let series = "generate_series($3::bigint, $1::bigint - 1, $2)";
+        let due = "now() - interval '1 minute' - n * interval '1 ms'";
+        let params: [&(dyn ToSql + Sync); 3] = [&count, &step, &first];
+        let sql = match measured {
+            RowKind::Reminder => format!(
                 "WITH games AS (
                      INSERT INTO game_sessions (title, scheduled_at)
-                     SELECT 'backlog', now() FROM generate_series(1, $1::bigint - 1, 2)
-                     RETURNING id)
+                     SELECT 'backlog', now() + interval '1 hour' FROM {series}
+                     RETURNING id, scheduled_at),
+                 numbered AS (SELECT id, scheduled_at, $3 + (row_number() OVER () - 1) * $2 AS n FROM games)
+                 INSERT INTO notification_schedule (game_id, reminder_minutes, notification_time, game_scheduled_at)
+                 SELECT id, 60, {due}, scheduled_at
+                   FROM numbered"
+            ),
+            RowKind::StatusTransition => format!(
+                "WITH games AS (
+                     INSERT INTO game_sessions (title, scheduled_at)
+                     SELECT 'backlog', now() FROM {series}
+                     RETURNING id),
+                 numbered AS (SELECT id, $3 + (row_number() OVER () - 1) * $2 AS n FROM games)
                  INSERT INTO game_status_schedule (game_id, target_status, transition_time)
-                 SELECT id, 'IN_PROGRESS', now() - interval '1 minute' - ((row_number() OVER () - 1) * 2 + 1) * interval '1 ms'
-                   FROM games",
-                &[&count],
-            )
-            .await?;
+                 SELECT id, 'IN_PROGRESS', {due}
+                   FROM numbered"
+            ),
+            RowKind::ScheduledMessage => format!(
+                "INSERT INTO scheduled_message (routing_key, payload, deliver_at)
+                 SELECT {}, {}, {due}
+                   FROM {series} AS n",
+                message_routing_key_sql("n"),
+                message_payload_sql("n")
+            ),
+        };
+        env.client.execute(&sql, &params).await?;
     }
     Ok(())
 }
 
-/// Times the claim (rolled back) and next-due queries, 200 round trips each,
-/// plus the server's own execution time from EXPLAIN ANALYZE.
+/// The routing key of scheduled message number `n`.
+fn message_routing_key(n: i64) -> String {
+    format!(
+        "{MESSAGE_ROUTING_KEY_PREFIX}{:03}",
+        n % MESSAGE_ROUTING_KEYS
+    )
+}
+
+/// SQL for the routing key of scheduled message number `n`, as
+/// [`message_routing_key`] builds it.
+fn message_routing_key_sql(n: &str) -> String {
+    format!("'{MESSAGE_ROUTING_KEY_PREFIX}' || lpad(({n} % {MESSAGE_ROUTING_KEYS})::text, 3, '0')")
+}
+
+/// SQL for the payload of scheduled message number `n`, shaped as
+/// [`message_payload`] builds it.
+fn message_payload_sql(n: &str) -> String {
+    format!("format('{{\"seq\": %s, \"user_id\": \"%s\"}}', {n}, gen_random_uuid())::json")
+}
+
+/// A small JSON payload, as an application would schedule (about 70 bytes).
+fn message_payload(n: i64) -> String {
+    format!(r#"{{"seq": {n}, "user_id": "{}"}}"#, Uuid::new_v4())
+}
+
+/// Times the claim of the first measured kind (rolled back) and the
+/// next-due query, 200 round trips each, plus the server's own execution time
+/// from EXPLAIN ANALYZE.
 async fn query_times(env: &BenchEnv) -> anyhow::Result<QueryTimes> {
     const RUNS: usize = 200;
     let client = &env.client;
-    let claim_sql = kind_sql::claim(&reminder::KIND);
+    let kind = env.measured[0].kind();
+    let claim_sql = kind_sql::claim(kind);
     let next_due_sql = kind_sql::next_due(kinds::ALL);
     let claim = client.prepare(&claim_sql).await?;
     let next_due = client.prepare(&next_due_sql).await?;
     let (limit, grace_ms) = (500i64, 60_000i64);
+    let with_grace: [&(dyn ToSql + Sync); 2] = [&limit, &grace_ms];
+    // As the daemon binds them (db::schedule_store): only game-start expiry has a grace.
+    let claim_params = match kind.expiry {
+        Expiry::AtGameStart => &with_grace[..],
+        Expiry::AtColumn(_) | Expiry::Never => &with_grace[..1],
+    };
     let none: Vec<Uuid> = Vec::new();
     let mut claim_ms = Vec::with_capacity(RUNS);
     let mut next_due_ms = Vec::with_capacity(RUNS);
     for _ in 0..RUNS {
         client.batch_execute("BEGIN").await?;
         let started = Instant::now();
-        client.query(&claim, &[&limit, &grace_ms]).await?;
+        client.query(&claim, claim_params).await?;
         claim_ms.push(started.elapsed().as_secs_f64() * 1000.0);
         client.batch_execute("ROLLBACK").await?;
         let started = Instant::now();
@@ -395,16 +518,22 @@ async fn query_times(env: &BenchEnv) -> anyhow::Result<QueryTimes> {
     claim_ms.sort_by(f64::total_cmp);
     next_due_ms.sort_by(f64::total_cmp);
     client.batch_execute("BEGIN").await?;
-    let claim_explain_ms = explain_ms(client, &claim_sql, &[&limit, &grace_ms]).await?;
+    let claim_explain_ms = explain_ms(client, &claim_sql, claim_params).await?;
     client.batch_execute("ROLLBACK").await?;
     let next_due_explain_ms = explain_ms(client, &next_due_sql, &[&none]).await?;
     let counts = client
         .query_one(
-            "SELECT count(*) FILTER (WHERE NOT sent), count(*) FILTER (WHERE sent) FROM notification_schedule",
+            &format!(
+                "SELECT count(*) FILTER (WHERE {}), count(*) FILTER (WHERE {}) FROM {}",
+                kind.progress.pending(),
+                kind.progress.done(),
+                kind.table
+            ),
             &[],
         )
         .await?;
     Ok(QueryTimes {
+        claim_kind: kind.name,
         pending_rows: counts.get(0),
         sent_rows: counts.get(1),
         claim_p50_ms: stats::percentile(&claim_ms, 50.0),
@@ -419,7 +548,7 @@ async fn query_times(env: &BenchEnv) -> anyhow::Result<QueryTimes> {
 async fn explain_ms(
     client: &tokio_postgres::Client,
     sql: &str,
-    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    params: &[&(dyn ToSql + Sync)],
 ) -> anyhow::Result<f64> {
     let row = client
         .query_one(&format!("EXPLAIN (ANALYZE, FORMAT JSON) {sql}"), params)

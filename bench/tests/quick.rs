@@ -4,8 +4,9 @@
 
 use std::process::Command;
 
-#[test]
-fn the_quick_benchmark_completes_with_every_message_delivered_once_and_never_early() {
+/// Runs the benchmark binary with `args` against the test servers; returns
+/// its JSON report once it has succeeded.
+fn run_bench(args: &[&str]) -> serde_json::Value {
     let output_dir = std::env::temp_dir().join(format!("bench-{}", uuid::Uuid::new_v4().simple()));
     let report_path = output_dir.join("bench.json");
     let database = std::env::var("TEST_DATABASE_URL")
@@ -15,6 +16,7 @@ fn the_quick_benchmark_completes_with_every_message_delivered_once_and_never_ear
     let output = Command::new(env!("CARGO_BIN_EXE_notification-scheduler-bench"))
         .args(["--log-level", "warn", "--quick", "--output"])
         .arg(&report_path)
+        .args(args)
         .env("DATABASE_URL", database)
         .env("RABBITMQ_URL", broker)
         .output()
@@ -25,11 +27,15 @@ fn the_quick_benchmark_completes_with_every_message_delivered_once_and_never_ear
         output.status.success(),
         "stdout:\n{stdout}\nstderr:\n{stderr}"
     );
-
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&report_path).expect("report written"))
-            .expect("JSON report");
+    let report = serde_json::from_slice(&std::fs::read(&report_path).expect("report written"))
+        .expect("JSON report");
     let _ = std::fs::remove_dir_all(&output_dir);
+    report
+}
+
+#[test]
+fn the_quick_benchmark_completes_with_every_message_delivered_once_and_never_early() {
+    let report = run_bench(&[]);
     let lateness = report["lateness"].as_array().expect("lateness runs");
     assert_eq!(lateness.len(), 3, "empty table, pending rows, sent rows");
     for run in lateness {
@@ -49,4 +55,24 @@ fn the_quick_benchmark_completes_with_every_message_delivered_once_and_never_ear
             .as_array()
             .is_some_and(|floors| !floors.is_empty())
     );
+}
+
+#[test]
+fn a_backlog_of_scheduled_messages_drains_beside_future_ones() {
+    let report = run_bench(&["--scenarios", "backlog", "--scheduled-messages", "1000"]);
+    assert_eq!(report["measured"], serde_json::json!(["scheduled_message"]));
+    let backlog = report["backlog"].as_array().expect("backlog runs");
+    assert_eq!(backlog.len(), 1, "{report}");
+    let run = &backlog[0];
+    for field in ["missing", "duplicates", "unexpected"] {
+        assert_eq!(run["accounting"][field], 0, "{field} in {run}");
+    }
+    let beside = run["beside"].as_array().expect("rows beside");
+    let messages = beside
+        .iter()
+        .find(|table| table["kind"] == "scheduled_message")
+        .expect("scheduled messages beside");
+    assert_eq!(messages["future_pending"], 1000, "{run}");
+    let ceiling = &report["ceiling"][0]["accounting"];
+    assert_eq!(ceiling["missing"], 0, "{ceiling}");
 }
