@@ -1,6 +1,7 @@
 //! One span, one log line and one duration measurement per HTTP request, with
 //! the HTTP semantic convention names. A `traceparent` header makes the span
-//! a child of the caller's.
+//! a child of the caller's; [`traceparent`] is what rows written by the
+//! request store of it.
 //!
 //! Not tower-http's `TraceLayer`: its span needs the same custom callbacks for
 //! the route template, status, trace-context extraction and the duration
@@ -93,4 +94,17 @@ pub async fn record(request: Request, next: Next) -> Response {
         }
     });
     response
+}
+
+/// The W3C trace context stored with rows a request schedules: the request's
+/// own span (a child of the caller's `traceparent`), or the caller's header as
+/// given when no tracing layer is installed.
+pub fn traceparent(headers: &HeaderMap) -> Option<String> {
+    crate::telemetry::current_traceparent().or_else(|| {
+        headers
+            .get("traceparent")
+            .and_then(|value| value.to_str().ok())
+            .filter(|value| actors::trace_context::from_traceparent(value).is_some())
+            .map(str::to_owned)
+    })
 }

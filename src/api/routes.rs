@@ -4,13 +4,14 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, Datelike, Duration, Utc};
-use serde::{Deserialize, Deserializer, Serialize};
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::bodies::{JsonBody, PathId, QueryParams};
+use super::bodies::{JsonBody, PathId, QueryParams, encode_cursor, present, time_field};
 use super::error::{ApiError, ErrorBody};
+use super::request_log::traceparent;
 use super::state::ApiState;
 use crate::games::{self, Game, GameChanges, GameFilter, GameSchedule, NewGame};
 
@@ -59,13 +60,6 @@ pub struct UpdateGame {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<i64>)]
     pub expected_duration_minutes: Option<Option<i64>>,
-}
-
-/// Distinguishes a field sent as `null` (`Some(None)`) from an absent one (`None`).
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
-    deserializer: D,
-) -> Result<Option<Option<T>>, D::Error> {
-    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 /// What happened, or will happen, to one reminder of a game.
@@ -201,14 +195,7 @@ fn validate_title(title: &str) -> Result<String, ApiError> {
 fn validate_scheduled_at(raw: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, ApiError> {
     let invalid =
         |message: String| ApiError::invalid("invalid_scheduled_at", "scheduled_at", message);
-    let parsed = DateTime::parse_from_rfc3339(raw).map_err(|_| {
-        invalid(format!(
-            "'{}' is not an RFC 3339 time with an explicit offset; expected e.g. 2030-01-01T19:00:00Z \
-             or 2030-01-01T20:00:00+01:00 (times without an offset are ambiguous and rejected)",
-            actors::model::truncate_for_log(raw, 64)
-        ))
-    })?;
-    let scheduled_at = parsed.with_timezone(&Utc);
+    let scheduled_at = time_field(raw, "scheduled_at", "invalid_scheduled_at")?;
     if scheduled_at <= now {
         return Err(invalid(format!(
             "scheduled_at must be in the future (got {raw})"
@@ -262,19 +249,6 @@ fn validate_duration(minutes: i64) -> Result<i32, ApiError> {
             ),
         ))
     }
-}
-
-/// The W3C trace context stored with new reminders: the request's own span
-/// (a child of the caller's `traceparent`), or the caller's header as given
-/// when no tracing layer is installed.
-fn traceparent(headers: &HeaderMap) -> Option<String> {
-    crate::telemetry::current_traceparent().or_else(|| {
-        headers
-            .get("traceparent")
-            .and_then(|value| value.to_str().ok())
-            .filter(|value| actors::trace_context::from_traceparent(value).is_some())
-            .map(str::to_owned)
-    })
 }
 
 fn game_body(game: Game, schedule: GameSchedule, defaults: &games::Defaults) -> GameBody {
@@ -446,43 +420,11 @@ pub async fn list_games(
     params: QueryParams,
 ) -> Result<Json<GamePage>, ApiError> {
     let params = params.only(&["from", "to", "limit", "cursor"])?;
-    let time = |name: &str| -> Result<Option<DateTime<Utc>>, ApiError> {
-        params
-            .get(name)
-            .map(|raw| {
-                DateTime::parse_from_rfc3339(raw)
-                    .map(|time| time.with_timezone(&Utc))
-                    .map_err(|_| {
-                        ApiError::new(
-                            StatusCode::BAD_REQUEST,
-                            "invalid_parameter",
-                            "expected an RFC 3339 time with an explicit offset, e.g. 2030-01-01T00:00:00Z",
-                        )
-                        .field(name)
-                    })
-            })
-            .transpose()
-    };
-    let limit = match params.get("limit") {
-        None => 50,
-        Some(raw) => raw
-            .parse::<i64>()
-            .ok()
-            .filter(|n| (1..=200).contains(n))
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_parameter",
-                    "limit must be a whole number from 1 to 200",
-                )
-                .field("limit")
-            })?,
-    };
-    let after = params.get("cursor").map(decode_cursor).transpose()?;
+    let limit = params.limit(50, 200)?;
     let filter = GameFilter {
-        from: time("from")?,
-        to: time("to")?,
-        after,
+        from: params.time("from")?,
+        to: params.time("to")?,
+        after: params.cursor()?,
         limit: limit + 1,
     };
     let client = state.connection().await?;
@@ -501,31 +443,6 @@ pub async fn list_games(
         games: found.into_iter().map(summary).collect(),
         next_cursor,
     }))
-}
-
-fn encode_cursor(scheduled_at: DateTime<Utc>, id: Uuid) -> String {
-    format!("{}.{}", scheduled_at.timestamp_micros(), id.simple())
-}
-
-fn decode_cursor(raw: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
-    let invalid = || {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_parameter",
-            "cursor is not a next_cursor value from this API",
-        )
-        .field("cursor")
-    };
-    let (micros, id) = raw.split_once('.').ok_or_else(invalid)?;
-    // Only times PostgreSQL can hold: its timestamptz starts in November 4713
-    // BC (chrono counts 1 BC as year 0).
-    let time = micros
-        .parse::<i64>()
-        .ok()
-        .and_then(DateTime::from_timestamp_micros)
-        .filter(|time| time.year() > -4712)
-        .ok_or_else(invalid)?;
-    Ok((time, id.parse().map_err(|_| invalid())?))
 }
 
 /// Change a game's title, start, reminder minutes or expected duration; its
@@ -627,22 +544,7 @@ pub async fn upcoming(
     State(state): State<ApiState>,
     params: QueryParams,
 ) -> Result<Json<UpcomingPage>, ApiError> {
-    let params = params.only(&["limit"])?;
-    let limit = match params.get("limit") {
-        None => 20,
-        Some(raw) => raw
-            .parse::<i64>()
-            .ok()
-            .filter(|n| (1..=1000).contains(n))
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_parameter",
-                    "limit must be a whole number from 1 to 1000",
-                )
-                .field("limit")
-            })?,
-    };
+    let limit = params.only(&["limit"])?.limit(20, 1000)?;
     let client = state.connection().await?;
     let reminders = games::upcoming(&client, limit)
         .await
@@ -708,21 +610,5 @@ mod tests {
         assert!(validate_title(&"é".repeat(201)).is_err());
         assert!(validate_title("   ").is_err());
         assert!(validate_title("").is_err());
-    }
-
-    #[test]
-    fn cursors_round_trip_and_garbage_is_rejected() {
-        let time: DateTime<Utc> = "2030-01-01T00:00:00.123456Z".parse().unwrap();
-        let id = Uuid::new_v4();
-        assert_eq!(decode_cursor(&encode_cursor(time, id)).unwrap(), (time, id));
-        for garbage in [
-            "",
-            "x",
-            "1.",
-            ".abc",
-            "99999999999999999999.00000000000000000000000000000000",
-        ] {
-            assert!(decode_cursor(garbage).is_err(), "{garbage}");
-        }
     }
 }
