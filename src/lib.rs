@@ -12,8 +12,10 @@
 //! - [`broker`]: RabbitMQ adapters: connections, the publisher, confirms, the
 //!   wire format, a consumer.
 //! - [`daemon`]: the delivery daemon: its wiring, health endpoints and maintenance.
-//! - [`api`]: the games API: server, routes, bodies, auth.
+//! - [`api`]: the API: server, routes of games and messages, bodies, auth.
 //! - [`games`]: the games domain: games and their schedules.
+//! - [`messages`]: the scheduled-messages domain: rows of `scheduled_message`
+//!   as the API writes them, and the allow-list of where it may schedule them.
 //! - [`kinds`]: the kinds of scheduled event (reminders, status transitions,
 //!   scheduled messages), each declared once.
 //! - [`dead_letters`]: events the broker refused on every attempt: list, retry, discard.
@@ -29,5 +31,6 @@ pub mod db;
 pub mod dead_letters;
 pub mod games;
 pub mod kinds;
+pub mod messages;
 pub mod shutdown;
 pub mod telemetry;
