@@ -15,6 +15,8 @@ use clap::{Args, ValueEnum};
 
 pub use parse::{BrokerUrl, DatabaseUrl};
 
+use crate::messages::allowed::AllowedRoutes;
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -306,8 +308,8 @@ pub struct ApiArgs {
     #[arg(long, env = "API_ADDR", default_value = "0.0.0.0:8000", value_parser = parse::listen_address)]
     pub api_addr: SocketAddr,
 
-    /// Bearer token every /games and /schedule request must present (at least
-    /// 16 characters). Required unless --insecure-no-auth.
+    /// Bearer token every /games, /schedule and /messages request must present
+    /// (at least 16 characters). Required unless --insecure-no-auth.
     #[arg(long, env = "API_TOKEN", hide_env_values = true, value_parser = parse::token)]
     pub api_token: Option<secrecy::SecretString>,
 
@@ -328,6 +330,30 @@ pub struct ApiArgs {
     /// COMPLETED (e.g. 24h).
     #[arg(long, env = "ARCHIVE_DELAY", value_parser = parse::positive_duration)]
     pub archive_delay: Option<Duration>,
+
+    /// The exchange of scheduled messages that name none, as the daemon
+    /// publishes them (the same setting as the daemon's).
+    #[arg(long, env = "RABBITMQ_EXCHANGE", default_value = "game_scheduler", value_parser = parse::amqp_name)]
+    pub rabbitmq_exchange: String,
+
+    /// Where the API may schedule messages: comma-separated exchange:pattern
+    /// entries, the pattern in topic syntax (* one word, # zero or more), e.g.
+    /// `game_scheduler:#,events:bot.*.welcome`. Unset: RABBITMQ_EXCHANGE, any
+    /// routing key. Rows written by SQL are not checked.
+    #[arg(long, env = "MESSAGE_ALLOWED_ROUTES", value_name = "ROUTES", value_parser = parse::allowed_routes)]
+    pub message_allowed_routes: Option<AllowedRoutes>,
+
+    /// Largest payload of a scheduled message, in bytes as sent.
+    // 256 KiB holds any notification with room to spare; the bound is
+    // RabbitMQ's own default largest message (16 MiB).
+    #[arg(long, env = "MESSAGE_MAX_PAYLOAD_BYTES", default_value = "262144", value_parser = parse::bounded_integer(1, 16 * 1024 * 1024))]
+    pub message_max_payload_bytes: usize,
+
+    /// How far ahead a scheduled message's deliver_at may be.
+    // A year and a day, so yearly events can be scheduled from the day
+    // before; the bound keeps the arithmetic on times in range.
+    #[arg(long, env = "MESSAGE_HORIZON", default_value = "366d", value_parser = parse::duration_up_to(Duration::from_secs(100 * 366 * 86_400)))]
+    pub message_horizon: Duration,
 
     /// Database connections the API may hold.
     #[arg(long, env = "DATABASE_POOL_SIZE", default_value = "10", value_parser = parse::bounded_integer(1, 1_000))]

@@ -247,6 +247,20 @@ pub fn positive_duration(raw: &str) -> Result<Duration, String> {
     Ok(value)
 }
 
+/// Builds a parser for a positive duration of at most `max`.
+pub fn duration_up_to(max: Duration) -> impl Fn(&str) -> Result<Duration, String> + Clone {
+    move |raw| {
+        let value = positive_duration(raw)?;
+        if value > max {
+            return Err(format!(
+                "'{raw}' is too long; expected at most {}",
+                humantime::format_duration(max)
+            ));
+        }
+        Ok(value)
+    }
+}
+
 /// A socket address to listen on, such as `0.0.0.0:8080`.
 pub fn listen_address(raw: &str) -> Result<SocketAddr, String> {
     raw.parse().map_err(|_| {
@@ -326,6 +340,12 @@ pub fn kind(raw: &str) -> Result<&'static crate::kinds::Kind, String> {
             names.join(", ")
         )
     })
+}
+
+/// The allow-list of scheduled messages' destinations: comma-separated
+/// `exchange:pattern` entries.
+pub fn allowed_routes(raw: &str) -> Result<crate::messages::allowed::AllowedRoutes, String> {
+    crate::messages::allowed::AllowedRoutes::parse(raw)
 }
 
 /// An AMQP exchange or routing key name: 1 to 255 bytes of printable ASCII.
@@ -486,6 +506,14 @@ mod tests {
         let err = token("short-secret").unwrap_err();
         assert!(!err.contains("short-secret"), "{err}");
         assert!(token("has a space in it, long enough").is_err());
+    }
+
+    #[test]
+    fn durations_can_be_bounded() {
+        let parse = duration_up_to(Duration::from_secs(86_400));
+        assert_eq!(parse("1d"), Ok(Duration::from_secs(86_400)));
+        assert!(parse("2d").unwrap_err().contains("at most 1day"));
+        assert!(parse("0s").is_err());
     }
 
     #[test]
