@@ -1,9 +1,11 @@
-//! The games API (`notification-scheduler api`): games and their reminder
-//! schedules over HTTP, served until SIGTERM or SIGINT.
+//! The API (`notification-scheduler api`): games and their reminder
+//! schedules, and scheduled messages, over HTTP, served until SIGTERM or
+//! SIGINT.
 //!
 //! - [`server`]: the route table, OpenAPI document, readiness.
-//! - `state`: what every handler shares (the pool, the defaults).
+//! - `state`: what every handler shares (the pool, the defaults, the message limits).
 //! - `routes`: the handlers of `/games` and `/schedule`.
+//! - `messages`: the handlers of `/messages`.
 //! - `bodies`: request extraction and validation.
 //! - `auth`: the bearer token.
 //! - `error`: the error body every failure answers with.
@@ -12,6 +14,7 @@
 mod auth;
 mod bodies;
 mod error;
+mod messages;
 mod request_log;
 mod routes;
 pub mod server;
@@ -23,13 +26,20 @@ pub use auth::BearerToken;
 pub use error::{ApiError, ErrorBody};
 use secrecy::ExposeSecret;
 pub use server::router;
-pub use state::ApiState;
+pub use state::{ApiState, MessageSettings};
 
 use crate::config::ApiArgs;
 use crate::db::{self, migrate};
 use crate::games::Defaults;
 use crate::games::schedule::transitions::TransitionSettings;
+use crate::messages::allowed::AllowedRoutes;
 use crate::shutdown;
+
+/// How long a change or cancel of a message waits for a daemon's claim of its
+/// row: claims last milliseconds, so a longer wait means the broker is slow to
+/// confirm; answering 409 then beats holding the request for up to the
+/// daemon's CLAIM_TIMEOUT.
+const MESSAGE_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Runs the API until a shutdown signal, then lets requests in progress finish
 /// within the grace period.
@@ -47,12 +57,16 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
         (None, _) => {
             tracing::error!(
                 "INSECURE: the API is serving WITHOUT AUTHENTICATION (--insecure-no-auth); \
-                 anyone who can reach {} can create, change and delete games",
+                 anyone who can reach {} can create, change and delete games and schedule messages",
                 args.api_addr
             );
             None
         }
     };
+    let allowed = args
+        .message_allowed_routes
+        .clone()
+        .unwrap_or_else(|| AllowedRoutes::any_key_on(&args.rabbitmq_exchange));
     let state = ApiState {
         pool: db::pool(url, args.pool_size, args.database.database_connect_timeout),
         database_url: url.clone(),
@@ -66,6 +80,14 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
                 }),
             },
         },
+        messages: MessageSettings {
+            default_exchange: Arc::from(args.rabbitmq_exchange.as_str()),
+            allowed: Arc::new(allowed.clone()),
+            max_payload_bytes: args.message_max_payload_bytes,
+            horizon: chrono::Duration::from_std(args.message_horizon)
+                .expect("the setting is bounded"),
+            lock_timeout: MESSAGE_LOCK_TIMEOUT,
+        },
     };
     let listener = tokio::net::TcpListener::bind(args.api_addr)
         .await
@@ -74,6 +96,7 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
         address = %listener.local_addr()?,
         database = url.masked(),
         default_reminder_minutes = ?args.default_reminder_minutes.0,
+        message_allowed_routes = %allowed,
         "API listening"
     );
     let mut signal = shutdown::Signal::install()?;

@@ -1,8 +1,8 @@
-//! The games API's server (axum): the route table, the OpenAPI document,
+//! The API's server (axum): the route table, the OpenAPI document,
 //! readiness.
 //!
-//! `/games` and `/schedule` need a bearer token; `/openapi.json`, `/healthz`
-//! and `/readyz` do not.
+//! `/games`, `/schedule` and `/messages` need a bearer token;
+//! `/openapi.json`, `/healthz` and `/readyz` do not.
 
 use std::time::Duration;
 
@@ -10,21 +10,21 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::{Json, Router, middleware};
+use axum::{Extension, Json, Router, middleware};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::auth::{self, BearerToken};
 use super::error::ApiError;
 use super::state::ApiState;
-use super::{bodies, request_log, routes};
+use super::{bodies, messages, request_log, routes};
 
 /// The OpenAPI document, generated from the handlers and types.
 #[derive(OpenApi)]
 #[openapi(
     info(
-        title = "notification-scheduler games API",
-        description = "Games and their reminder schedules. Every change to a game keeps its reminders in step, in one transaction."
+        title = "notification-scheduler API",
+        description = "Games and their reminder schedules: every change to a game keeps its reminders in step, in one transaction. Scheduled messages: any message published to RabbitMQ at its time, cancellable and movable until then."
     ),
     paths(
         routes::create_game,
@@ -32,12 +32,18 @@ use super::{bodies, request_log, routes};
         routes::get_game,
         routes::update_game,
         routes::delete_game,
-        routes::upcoming
+        routes::upcoming,
+        messages::create_message,
+        messages::list_messages,
+        messages::get_message,
+        messages::update_message,
+        messages::cancel_message
     ),
     modifiers(&BearerAuth),
     tags(
         (name = "games", description = "Games and their reminders"),
-        (name = "schedule", description = "The delivery schedule across games")
+        (name = "schedule", description = "The delivery schedule across games"),
+        (name = "messages", description = "Scheduled messages: any payload, exchange and routing key, published at deliver_at")
     )
 )]
 pub struct ApiDoc;
@@ -57,6 +63,21 @@ impl Modify for BearerAuth {
 /// Every route of the API. `token: None` serves without authentication (the
 /// insecure development mode).
 pub fn router(state: ApiState, token: Option<BearerToken>) -> Router {
+    let body_limit = state.messages.body_limit();
+    // Payloads may be larger than any other body; only these routes take them.
+    let messages = Router::new()
+        .route(
+            "/messages",
+            get(messages::list_messages).post(messages::create_message),
+        )
+        .route(
+            "/messages/{id}",
+            get(messages::get_message)
+                .patch(messages::update_message)
+                .delete(messages::cancel_message),
+        )
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(Extension(bodies::BodyLimit(body_limit)));
     let protected = Router::new()
         .route("/games", get(routes::list_games).post(routes::create_game))
         .route(
@@ -66,6 +87,7 @@ pub fn router(state: ApiState, token: Option<BearerToken>) -> Router {
                 .delete(routes::delete_game),
         )
         .route("/schedule/upcoming", get(routes::upcoming))
+        .merge(messages)
         .route_layer(middleware::from_fn_with_state(token, auth::require_token));
     Router::new()
         .merge(protected)

@@ -1,17 +1,32 @@
-//! The games API served from this process on a free port.
+//! The API served from this process on a free port.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use notification_scheduler::api::{self, ApiState, BearerToken};
+use notification_scheduler::api::{self, ApiState, BearerToken, MessageSettings};
 use notification_scheduler::games::Defaults;
 use notification_scheduler::games::schedule::transitions::TransitionSettings;
+use notification_scheduler::messages::allowed::AllowedRoutes;
 use reqwest::{Client, RequestBuilder, Response};
 use serde_json::Value;
 
 use super::TestDb;
 
 pub const TOKEN: &str = "test-token-0123456789abcdef";
+
+/// The exchange messages that name none go to, as `api` defaults it.
+pub const DEFAULT_EXCHANGE: &str = "game_scheduler";
+
+/// The message settings `api` has by default.
+pub fn message_settings() -> MessageSettings {
+    MessageSettings {
+        default_exchange: Arc::from(DEFAULT_EXCHANGE),
+        allowed: Arc::new(AllowedRoutes::any_key_on(DEFAULT_EXCHANGE)),
+        max_payload_bytes: 256 * 1024,
+        horizon: chrono::Duration::days(366),
+        lock_timeout: Duration::from_secs(2),
+    }
+}
 
 pub struct TestApi {
     pub base: String,
@@ -22,6 +37,11 @@ pub struct TestApi {
 impl TestApi {
     /// Serves the API for `db`; with `token: None` it runs without authentication.
     pub async fn start(db: &TestDb, token: Option<&str>) -> Self {
+        Self::start_with(db, token, message_settings()).await
+    }
+
+    /// As [`TestApi::start`], with these message settings.
+    pub async fn start_with(db: &TestDb, token: Option<&str>, messages: MessageSettings) -> Self {
         let url = db.database_url();
         let state = ApiState {
             pool: notification_scheduler::db::pool(&url, 4, Duration::from_secs(5)),
@@ -33,6 +53,7 @@ impl TestApi {
                     archive_delay: None,
                 },
             },
+            messages,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
