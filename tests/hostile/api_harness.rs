@@ -4,6 +4,7 @@
 use std::fmt::Debug;
 
 use chrono::{DateTime, Utc};
+use notification_scheduler::api::MessageSettings;
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use reqwest::Method;
@@ -14,7 +15,7 @@ use super::api_oracle::{DEFAULT_MINUTES, Rfc3339, Verdict, rfc3339, typed_minute
 use super::api_strategies::runner;
 
 use crate::common::TestDb;
-use crate::common::api::{TOKEN, TestApi};
+use crate::common::api::{TOKEN, TestApi, message_settings};
 
 /// One database and one in-process API for a whole property.
 pub(super) struct Harness {
@@ -26,6 +27,11 @@ pub(super) struct Harness {
 
 impl Harness {
     pub(super) fn start() -> Self {
+        Self::start_with(message_settings())
+    }
+
+    /// As [`Harness::start`], with these message settings.
+    pub(super) fn start_with(messages: MessageSettings) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -33,7 +39,7 @@ impl Harness {
             .expect("runtime");
         let (db, api, client) = runtime.block_on(async {
             let db = TestDb::migrated().await;
-            let api = TestApi::start(&db, Some(TOKEN)).await;
+            let api = TestApi::start_with(&db, Some(TOKEN), messages).await;
             let client = db.client().await;
             (db, api, client)
         });
@@ -58,6 +64,23 @@ impl Harness {
                 .as_str()
                 .and_then(|id| id.parse().ok())
                 .expect("the new game's id")
+        })
+    }
+
+    /// Schedules a message an hour ahead through the API; its id.
+    pub(super) fn message(&self, routing_key: &str) -> Uuid {
+        self.runtime.block_on(async {
+            let answer = send(self.api.request(Method::POST, "/messages").json(&json!({
+                "routing_key": routing_key,
+                "payload": {"n": 0},
+                "deliver_at": (Utc::now() + chrono::Duration::hours(1)).to_rfc3339(),
+            })))
+            .await;
+            assert_eq!(answer.status, 201, "{}", answer.text());
+            answer.json()["id"]
+                .as_str()
+                .and_then(|id| id.parse().ok())
+                .expect("the new message's id")
         })
     }
 
@@ -88,6 +111,11 @@ pub(super) struct Answer {
 impl Answer {
     pub(super) fn json(&self) -> Value {
         serde_json::from_slice(&self.bytes).unwrap_or(Value::Null)
+    }
+
+    /// The whole body, as text.
+    pub(super) fn body(&self) -> String {
+        String::from_utf8_lossy(&self.bytes).into_owned()
     }
 
     pub(super) fn text(&self) -> String {

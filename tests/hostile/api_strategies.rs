@@ -36,7 +36,7 @@ fn json_key() -> impl Strategy<Value = String> {
 }
 
 /// Any JSON value.
-fn any_json() -> BoxedStrategy<Value> {
+pub(super) fn any_json() -> BoxedStrategy<Value> {
     let leaf = prop_oneof![
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
@@ -252,14 +252,14 @@ fn minutes_value() -> impl Strategy<Value = Value> {
 
 /// A field of a generated body.
 #[derive(Debug, Clone)]
-enum Field<T> {
+pub(super) enum Field<T> {
     Absent,
     Null,
     Given(T),
     WrongType(Value),
 }
 
-fn wrong_type() -> impl Strategy<Value = Value> {
+pub(super) fn wrong_type() -> impl Strategy<Value = Value> {
     prop_oneof![
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(Value::from),
@@ -289,7 +289,7 @@ fn update_field<T: Debug + Clone>(
 
 /// A field absent, null, given or of the wrong type; the first and third
 /// with these weights, the others with weight 1.
-fn field<T: Debug + Clone>(
+pub(super) fn field<T: Debug + Clone>(
     given: impl Strategy<Value = T>,
     absent: u32,
     present: u32,
@@ -421,7 +421,7 @@ pub(super) enum ByteEdit {
 }
 
 impl ByteEdit {
-    fn apply(&self, bytes: &mut Vec<u8>) {
+    pub(super) fn apply(&self, bytes: &mut Vec<u8>) {
         match self {
             ByteEdit::Keep => {}
             ByteEdit::Replace(at, byte) if !bytes.is_empty() => {
@@ -437,7 +437,7 @@ impl ByteEdit {
     }
 }
 
-fn byte_edit() -> impl Strategy<Value = ByteEdit> {
+pub(super) fn byte_edit() -> impl Strategy<Value = ByteEdit> {
     let byte = prop_oneof![select(b"{}[]\":,\\ 0-e.\t\n".to_vec()), any::<u8>(),];
     prop_oneof![
         1 => Just(ByteEdit::Keep),

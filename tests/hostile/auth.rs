@@ -162,17 +162,37 @@ enum Target {
     Delete,
     Upcoming,
     BadId,
+    MessageList,
+    MessageCreate,
+    MessageGet,
+    MessageChange,
+    MessageCancel,
+}
+
+/// Every scheduled message, as text.
+async fn messages(client: &tokio_postgres::Client) -> String {
+    client
+        .query_one(
+            "SELECT coalesce(string_agg(m::text, ', ' ORDER BY id), '') FROM scheduled_message m",
+            &[],
+        )
+        .await
+        .expect("the messages table still exists")
+        .get(0)
 }
 
 async fn check_credentials(
     h: &Harness,
-    game: Uuid,
+    (game, message): (Uuid, Uuid),
     (credentials, target): (Credentials, Target),
 ) -> Result<(), TestCaseError> {
     let accepted = credentials.accepted();
     // With the right token a write would succeed; read instead.
     let target = match (accepted, target) {
         (true, Target::Create | Target::Change | Target::Delete) => Target::List,
+        (true, Target::MessageCreate | Target::MessageChange | Target::MessageCancel) => {
+            Target::MessageList
+        }
         (_, target) => target,
     };
     let url = |path: &str| format!("{}{path}", h.api.base);
@@ -193,6 +213,19 @@ async fn check_credentials(
         Target::Delete => h.api.client.delete(url(&format!("/games/{game}"))),
         Target::Upcoming => h.api.client.get(url("/schedule/upcoming")),
         Target::BadId => h.api.client.get(url("/games/not-a-uuid")),
+        Target::MessageList => h.api.client.get(url("/messages")),
+        Target::MessageCreate => h
+            .api
+            .client
+            .post(url("/messages"))
+            .json(&json!({"routing_key": "intruder", "payload": {}, "deliver_at": start})),
+        Target::MessageGet => h.api.client.get(url(&format!("/messages/{message}"))),
+        Target::MessageChange => h
+            .api
+            .client
+            .patch(url(&format!("/messages/{message}")))
+            .json(&json!({"payload": "intruder"})),
+        Target::MessageCancel => h.api.client.delete(url(&format!("/messages/{message}"))),
     };
     if let Some(header) = credentials.header() {
         let value = HeaderValue::from_bytes(&header)
@@ -201,6 +234,7 @@ async fn check_credentials(
     }
     let before = counts(&h.client).await;
     let snapshot_before = snapshot(&h.client, game).await;
+    let messages_before = messages(&h.client).await;
     let answer = send(request).await;
     prop_assert!(answer.status < 500, "{} {}", answer.status, answer.text());
     if accepted {
@@ -214,6 +248,11 @@ async fn check_credentials(
             snapshot_before,
             "a refused request changed the game"
         );
+        prop_assert_eq!(
+            messages(&h.client).await,
+            messages_before,
+            "a refused request changed the messages"
+        );
     }
     Ok(())
 }
@@ -225,6 +264,7 @@ async fn check_credentials(
 fn mutated_tokens_are_refused_on_every_route_and_write_nothing() {
     let harness = Harness::start();
     let game = harness.game("guarded", DAY);
+    let message = harness.message("guarded");
     let target = select(vec![
         Target::List,
         Target::Create,
@@ -233,9 +273,14 @@ fn mutated_tokens_are_refused_on_every_route_and_write_nothing() {
         Target::Delete,
         Target::Upcoming,
         Target::BadId,
+        Target::MessageList,
+        Target::MessageCreate,
+        Target::MessageGet,
+        Target::MessageChange,
+        Target::MessageCancel,
     ]);
-    harness.check(128, (credentials(), target), |input| {
-        check_credentials(&harness, game, input)
+    harness.check(160, (credentials(), target), |input| {
+        check_credentials(&harness, (game, message), input)
     });
 }
 

@@ -1,6 +1,6 @@
 //! Hostile and malformed input: junk on the change-notification channel,
-//! generated API requests judged by an independent oracle of the documented
-//! rules, almost-right bearer tokens, and unusable settings or unreachable
+//! generated API requests (games and scheduled messages) judged by an
+//! independent oracle of the documented rules, almost-right bearer tokens, and unusable settings or unreachable
 //! servers at start.
 //!
 //! The property tests run one database and one in-process API per property,
@@ -13,6 +13,7 @@ pub mod common;
 
 mod api_cases;
 mod api_harness;
+mod api_messages;
 mod api_oracle;
 mod api_requests;
 mod api_strategies;
