@@ -483,7 +483,7 @@ async fn only_pending_messages_can_be_changed_or_cancelled() {
     assert_ne!(cancelled["updated_at"], cancelled["created_at"]);
 
     let id = path.rsplit('/').next().unwrap();
-    for state in ["cancelled", "sent", "expired"] {
+    for state in ["cancelled", "sent", "expired", "dead_lettered"] {
         set_state(&client, id, state).await;
         let before = json(api.get(&path).await).await.1;
         let (status, error) = json(api.delete(&path).await).await;

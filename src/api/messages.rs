@@ -103,9 +103,10 @@ pub struct MessageBody {
     pub state: MessageState,
     /// Claims that reached the broker.
     pub attempts: i32,
-    /// When it was published, found expired, or cancelled.
+    /// When it was published, found expired, cancelled or discarded.
     pub sent_at: Option<DateTime<Utc>>,
-    /// `published`, `expired`, `cancelled`, or null while pending.
+    /// `published`, `expired`, `cancelled`, `dead_lettered` or `discarded`;
+    /// null while pending.
     pub outcome: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -451,7 +452,7 @@ pub async fn get_message(
 #[utoipa::path(
     get, path = "/messages", tag = "messages",
     params(
-        ("state" = Option<MessageState>, Query, description = "pending, sent, expired or cancelled"),
+        ("state" = Option<MessageState>, Query, description = "pending, sent, expired, cancelled or dead_lettered"),
         ("routing_key" = Option<String>, Query, description = "Exact routing key"),
         ("key" = Option<String>, Query, description = "The caller's key: the one message it names, if any"),
         ("limit" = Option<u32>, Query, description = "Page size, 1 to 200 (default 50)"),
@@ -473,7 +474,7 @@ pub async fn list_messages(
                 ApiError::new(
                     StatusCode::BAD_REQUEST,
                     "invalid_parameter",
-                    "state must be one of pending, sent, expired, cancelled",
+                    "state must be one of pending, sent, expired, cancelled, dead_lettered",
                 )
                 .field("state")
             })

@@ -34,8 +34,12 @@ pub enum MessageState {
     Sent,
     /// Came due after `expires_at`; not published.
     Expired,
-    /// Cancelled before it was claimed; never published.
+    /// Cancelled before it was claimed, or discarded as a dead letter; never
+    /// published.
     Cancelled,
+    /// Refused by the broker on every attempt; kept until an operator retries
+    /// or discards it (`notification-scheduler dead-letters`).
+    DeadLettered,
 }
 
 impl MessageState {
@@ -46,6 +50,7 @@ impl MessageState {
             Self::Sent => "sent",
             Self::Expired => "expired",
             Self::Cancelled => "cancelled",
+            Self::DeadLettered => "dead_lettered",
         }
     }
 
@@ -56,6 +61,7 @@ impl MessageState {
             "sent" => Some(Self::Sent),
             "expired" => Some(Self::Expired),
             "cancelled" => Some(Self::Cancelled),
+            "dead_lettered" => Some(Self::DeadLettered),
             _ => None,
         }
     }
@@ -473,6 +479,7 @@ mod tests {
             MessageState::Sent,
             MessageState::Expired,
             MessageState::Cancelled,
+            MessageState::DeadLettered,
         ] {
             assert_eq!(MessageState::parse(state.as_str()), Some(state));
         }
