@@ -350,7 +350,11 @@ async fn the_payload_is_stored_and_returned_byte_for_byte() {
         r#"{"a": 1, "a": 2}"#,
         "\"é😀 日本\"",
         "null",
-    ];
+    ]
+    .map(str::to_owned)
+    .into_iter()
+    // Larger than any other route's body: the message routes' own limit applies.
+    .chain([format!("[\"{}\" ]", "x".repeat(250 * 1024))]);
     for raw in payloads {
         let body = format!(
             r#"{{"routing_key": "raw", "payload": {raw}, "deliver_at": "{}"}}"#,
