@@ -1,7 +1,7 @@
 //! The scheduled-messages API against a real database: every endpoint,
 //! idempotent creates under concurrent retries, payloads byte for byte,
 //! changes and cancels racing a daemon's claim, every validation rule, the
-//! allow-list, authentication.
+//! allow-list, authentication; and once through the daemon to the broker.
 
 pub mod common;
 
@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset, SecondsFormat, Timelike, Utc};
 use common::api::{DEFAULT_EXCHANGE, TOKEN, TestApi, in_seconds, json, message_settings};
-use common::{TestDb, WAIT};
+use common::schedule::{start_daemon, wait_for};
+use common::{TestBroker, TestDb, WAIT};
+use lapin::types::AMQPValue;
+use notification_scheduler::api::MessageSettings;
 use notification_scheduler::messages::allowed::AllowedRoutes;
 use reqwest::Method;
 use reqwest::header::CONTENT_TYPE;
@@ -627,7 +630,7 @@ async fn a_cancel_racing_a_claim_that_is_released_is_honoured() {
 #[tokio::test]
 async fn a_claim_held_past_the_lock_timeout_answers_being_delivered() {
     let db = TestDb::migrated().await;
-    let settings = notification_scheduler::api::MessageSettings {
+    let settings = MessageSettings {
         lock_timeout: Duration::from_millis(100),
         ..message_settings()
     };
@@ -658,7 +661,7 @@ async fn a_claim_held_past_the_lock_timeout_answers_being_delivered() {
 #[tokio::test]
 async fn every_invalid_message_gets_one_clear_error_naming_the_field_and_writes_nothing() {
     let db = TestDb::migrated().await;
-    let settings = notification_scheduler::api::MessageSettings {
+    let settings = MessageSettings {
         max_payload_bytes: 1024,
         ..message_settings()
     };
@@ -972,7 +975,7 @@ async fn invalid_changes_are_refused_and_change_nothing() {
 #[tokio::test]
 async fn destinations_off_the_allow_list_are_forbidden_on_create_and_change() {
     let db = TestDb::migrated().await;
-    let settings = notification_scheduler::api::MessageSettings {
+    let settings = MessageSettings {
         allowed: Arc::new(
             AllowedRoutes::parse("game_scheduler:game.#,events:bot.*.welcome").unwrap(),
         ),
@@ -1109,4 +1112,83 @@ async fn message_routes_need_the_token_and_are_documented() {
             "{schema}"
         );
     }
+}
+
+/// Through the API and the daemon to a consumer: a message scheduled by POST
+/// is published at its time, byte for byte, with its headers and its id as
+/// `message_id`; one cancelled before its time, due earlier, never is (the
+/// daemon publishes in time order, so it would have arrived first).
+#[tokio::test]
+async fn a_message_scheduled_through_the_api_is_delivered_and_a_cancelled_one_is_not() {
+    let (db, broker) = (TestDb::migrated().await, TestBroker::new().await);
+    let mut consumer = broker.consumer().await;
+    let settings = MessageSettings {
+        default_exchange: Arc::from(broker.exchange.as_str()),
+        allowed: Arc::new(AllowedRoutes::any_key_on(&broker.exchange)),
+        ..message_settings()
+    };
+    let api = TestApi::start_with(&db, Some(TOKEN), settings).await;
+    let _daemon = start_daemon(&db, &broker, &[]).await;
+    let in_ms = |ms: i64| Utc::now() + chrono::Duration::milliseconds(ms);
+
+    let cancelled = create(
+        &api,
+        json!({"routing_key": "scheduled.api", "payload": "cancelled", "deliver_at": in_ms(600)}),
+    )
+    .await;
+    let cancelled_path = format!("/messages/{}", cancelled["id"].as_str().unwrap());
+    assert_eq!(api.delete(&cancelled_path).await.status(), 204);
+
+    let payload = r#"{ "z": 1, "a" : [ "\u00e9", 12345678901234567890123 ] }"#;
+    let deliver_at = in_ms(900);
+    let body = format!(
+        r#"{{"routing_key": "scheduled.api", "payload": {payload}, "deliver_at": "{}",
+            "headers": {{"tenant": "eu-1", "attempt": 3}}}}"#,
+        deliver_at.to_rfc3339()
+    );
+    let response = api
+        .request(Method::POST, "/messages")
+        .header(CONTENT_TYPE, "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let id = response.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let received = consumer.take(1).await.remove(0);
+    assert_eq!(
+        received.message_id, id,
+        "the first message out is the kept one"
+    );
+    assert_eq!(String::from_utf8_lossy(&received.raw_body), payload);
+    assert!(received.received_at >= deliver_at, "never early");
+    let headers = received
+        .properties
+        .headers()
+        .as_ref()
+        .expect("headers")
+        .inner();
+    assert_eq!(
+        headers
+            .get("tenant")
+            .and_then(AMQPValue::as_long_string)
+            .map(ToString::to_string)
+            .as_deref(),
+        Some("eu-1")
+    );
+    assert_eq!(headers.get("attempt"), Some(&AMQPValue::LongLongInt(3)));
+    // The daemon commits its claim once the broker has confirmed, which may
+    // be after the consumer got the message.
+    let path = format!("/messages/{id}");
+    wait_for("the message is marked sent", WAIT, || async {
+        let (_, sent) = json(api.get(&path).await).await;
+        (sent["state"].as_str(), sent["outcome"].as_str()) == (Some("sent"), Some("published"))
+    })
+    .await;
+    let (_, cancelled) = json(api.get(&cancelled_path).await).await;
+    assert_eq!(cancelled["state"], "cancelled");
 }
