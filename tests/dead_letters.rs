@@ -1,15 +1,17 @@
-//! Dead letters: the `dead-letters` subcommand lists, retries and discards
-//! them across kinds and names what it cannot find; a dead letter retried
-//! once its queue is bound is delivered at once.
+//! Dead letters: the `dead-letters` subcommand and the API list, retry and
+//! discard them across kinds and name what they cannot find; a dead letter
+//! retried once its queue is bound is delivered at once.
 
 pub mod common;
 
 use std::process::{Command, Output};
 
+use common::api::{TOKEN, TestApi, json};
 use common::process::BINARY;
 use common::schedule::{schedule, start_daemon, wait_for};
 use common::{TestBroker, TestDb, WAIT};
 use notification_scheduler::broker::consumer::{QueueKind, ReminderConsumer};
+use serde_json::json;
 use uuid::Uuid;
 
 /// Runs `notification-scheduler dead-letters ARGS` on `db`.
@@ -178,4 +180,61 @@ async fn a_dead_letter_retried_after_its_queue_is_bound_is_delivered_at_once() {
     })
     .await;
     daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_api_lists_retries_and_discards_dead_letters() {
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let (reminder, message) = two_dead_letters(&client).await;
+    let api = TestApi::start(&db, Some(TOKEN)).await;
+
+    let (status, page) = json(api.get("/dead-letters?limit=1").await).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["dead_letters"][0]["kind"], "reminder");
+    assert_eq!(page["dead_letters"][0]["id"], reminder.to_string());
+    assert_eq!(page["dead_letters"][0]["attempts"], 10);
+    assert_eq!(page["dead_letters"][0]["last_error"], "returned unroutable");
+    let cursor = page["next_cursor"].as_str().expect("a second page");
+    let (_, next) = json(api.get(&format!("/dead-letters?cursor={cursor}")).await).await;
+    assert_eq!(next["dead_letters"][0]["id"], message.to_string());
+    assert_eq!(next["next_cursor"], serde_json::Value::Null);
+    let (status, error) = json(api.get("/dead-letters?kind=nope").await).await;
+    assert_eq!((status, error["field"].as_str()), (400, Some("kind")));
+
+    let (status, retried) = json(
+        api.post_json(&format!("/dead-letters/{reminder}/retry"), &json!({}))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{retried}");
+    assert_eq!(retried["changed"][0]["kind"], "reminder");
+    let (status, _) = json(
+        api.post_json(&format!("/dead-letters/{reminder}/retry"), &json!({}))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 404, "no longer a dead letter");
+    let (status, discarded) = json(
+        api.post_json(&format!("/dead-letters/{message}/discard"), &json!({}))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{discarded}");
+    let (_, state) = json(api.get(&format!("/messages/{message}")).await).await;
+    assert_eq!(state["state"], "cancelled");
+
+    two_dead_letters(&client).await;
+    let (status, all) = json(
+        api.post_json("/dead-letters/retry", &json!({"kind": "scheduled_message"}))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 200, "{all}");
+    assert_eq!(all["changed"].as_array().unwrap().len(), 1);
+    let (_, left) = json(api.get("/dead-letters").await).await;
+    assert_eq!(
+        left["dead_letters"][0]["kind"], "reminder",
+        "only the kind asked"
+    );
 }

@@ -101,7 +101,7 @@ pub struct MessageBody {
     pub deliver_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
     pub state: MessageState,
-    /// Claims that reached the broker.
+    /// Publishes the broker answered: confirmed, returned or refused.
     pub attempts: i32,
     /// When it was published, found expired, cancelled or discarded.
     pub sent_at: Option<DateTime<Utc>>,
@@ -110,6 +110,13 @@ pub struct MessageBody {
     pub outcome: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Why the broker last refused it (no queue bound for its routing key,
+    /// its exchange missing, a nack).
+    pub last_error: Option<String>,
+    /// When it is tried again after a refusal; null otherwise.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// When it was dead-lettered (state `dead_lettered`).
+    pub dead_lettered_at: Option<DateTime<Utc>>,
 }
 
 impl From<Message> for MessageBody {
@@ -129,6 +136,9 @@ impl From<Message> for MessageBody {
             outcome: message.outcome,
             created_at: message.created_at,
             updated_at: message.updated_at,
+            last_error: message.last_error,
+            next_attempt_at: message.next_attempt_at,
+            dead_lettered_at: message.dead_lettered_at,
         }
     }
 }

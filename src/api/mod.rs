@@ -13,6 +13,7 @@
 
 mod auth;
 mod bodies;
+mod dead_letters;
 mod error;
 mod messages;
 mod request_log;

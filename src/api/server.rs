@@ -1,7 +1,7 @@
 //! The API's server (axum): the route table, the OpenAPI document,
 //! readiness.
 //!
-//! `/games`, `/schedule` and `/messages` need a bearer token;
+//! `/games`, `/schedule`, `/messages` and `/dead-letters` need a bearer token;
 //! `/openapi.json`, `/healthz` and `/readyz` do not.
 
 use std::time::Duration;
@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Extension, Json, Router, middleware};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -17,7 +17,7 @@ use utoipa::{Modify, OpenApi};
 use super::auth::{self, BearerToken};
 use super::error::ApiError;
 use super::state::ApiState;
-use super::{bodies, messages, request_log, routes};
+use super::{bodies, dead_letters, messages, request_log, routes};
 
 /// The OpenAPI document, generated from the handlers and types.
 #[derive(OpenApi)]
@@ -37,13 +37,18 @@ use super::{bodies, messages, request_log, routes};
         messages::list_messages,
         messages::get_message,
         messages::update_message,
-        messages::cancel_message
+        messages::cancel_message,
+        dead_letters::list_dead_letters,
+        dead_letters::retry_dead_letter,
+        dead_letters::retry_all_dead_letters,
+        dead_letters::discard_dead_letter
     ),
     modifiers(&BearerAuth),
     tags(
         (name = "games", description = "Games and their reminders"),
         (name = "schedule", description = "The delivery schedule across games"),
-        (name = "messages", description = "Scheduled messages: any payload, exchange and routing key, published at deliver_at")
+        (name = "messages", description = "Scheduled messages: any payload, exchange and routing key, published at deliver_at"),
+        (name = "dead letters", description = "Events the broker refused on every attempt: list, retry, discard")
     )
 )]
 pub struct ApiDoc;
@@ -87,6 +92,19 @@ pub fn router(state: ApiState, token: Option<BearerToken>) -> Router {
                 .delete(routes::delete_game),
         )
         .route("/schedule/upcoming", get(routes::upcoming))
+        .route("/dead-letters", get(dead_letters::list_dead_letters))
+        .route(
+            "/dead-letters/retry",
+            post(dead_letters::retry_all_dead_letters),
+        )
+        .route(
+            "/dead-letters/{id}/retry",
+            post(dead_letters::retry_dead_letter),
+        )
+        .route(
+            "/dead-letters/{id}/discard",
+            post(dead_letters::discard_dead_letter),
+        )
         .merge(messages)
         .route_layer(middleware::from_fn_with_state(token, auth::require_token));
     Router::new()

@@ -143,11 +143,17 @@ pub struct Message {
     pub outcome: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Why the broker last refused it.
+    pub last_error: Option<String>,
+    /// When it is tried again after a refusal.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub dead_lettered_at: Option<DateTime<Utc>>,
 }
 
 // The payload as text: the json column keeps the bytes it was given.
 const MESSAGE_COLUMNS: &str = "id, key, exchange, routing_key, payload::text, headers, deliver_at, \
-     expires_at, state, attempts, sent_at, outcome, created_at, updated_at";
+     expires_at, state, attempts, sent_at, outcome, created_at, updated_at, last_error, \
+     next_attempt_at, dead_lettered_at";
 
 fn message_from_row(row: &Row) -> Result<Message, MessageError> {
     let id: Uuid = row.get(0);
@@ -171,6 +177,9 @@ fn message_from_row(row: &Row) -> Result<Message, MessageError> {
         outcome: row.get(11),
         created_at: row.get(12),
         updated_at: row.get(13),
+        last_error: row.get(14),
+        next_attempt_at: row.get(15),
+        dead_lettered_at: row.get(16),
     })
 }
 
@@ -278,7 +287,7 @@ pub async fn create(
                 "SELECT {MESSAGE_COLUMNS}, \
                         exchange IS NOT DISTINCT FROM $2 AND routing_key = $3 \
                         AND payload::text = $4 AND headers IS NOT DISTINCT FROM $5::jsonb \
-                        AND deliver_at = $6 AND expires_at IS NOT DISTINCT FROM $7 \
+                        AND deliver_at = $6 AND expires_at IS NOT DISTINCT FROM $7 AS same \
                    FROM scheduled_message WHERE key = $1"
             ),
             &[
@@ -295,7 +304,7 @@ pub async fn create(
         .map_err(failed("reading the message with this key"))?
         // Deleted by SQL since the insert found it.
         .ok_or(MessageError::Changed)?;
-    if existing.get::<_, bool>(14) {
+    if existing.get::<_, bool>("same") {
         message_from_row(&existing).map(Created::Existing)
     } else {
         Err(MessageError::KeyTaken)

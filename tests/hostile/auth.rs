@@ -167,6 +167,9 @@ enum Target {
     MessageGet,
     MessageChange,
     MessageCancel,
+    DeadLetterList,
+    DeadLetterRetryAll,
+    DeadLetterDiscard,
 }
 
 /// Every scheduled message, as text.
@@ -193,6 +196,7 @@ async fn check_credentials(
         (true, Target::MessageCreate | Target::MessageChange | Target::MessageCancel) => {
             Target::MessageList
         }
+        (true, Target::DeadLetterRetryAll | Target::DeadLetterDiscard) => Target::DeadLetterList,
         (_, target) => target,
     };
     let url = |path: &str| format!("{}{path}", h.api.base);
@@ -226,6 +230,16 @@ async fn check_credentials(
             .patch(url(&format!("/messages/{message}")))
             .json(&json!({"payload": "intruder"})),
         Target::MessageCancel => h.api.client.delete(url(&format!("/messages/{message}"))),
+        Target::DeadLetterList => h.api.client.get(url("/dead-letters")),
+        Target::DeadLetterRetryAll => h
+            .api
+            .client
+            .post(url("/dead-letters/retry"))
+            .json(&json!({})),
+        Target::DeadLetterDiscard => h
+            .api
+            .client
+            .post(url(&format!("/dead-letters/{message}/discard"))),
     };
     if let Some(header) = credentials.header() {
         let value = HeaderValue::from_bytes(&header)
@@ -278,6 +292,9 @@ fn mutated_tokens_are_refused_on_every_route_and_write_nothing() {
         Target::MessageGet,
         Target::MessageChange,
         Target::MessageCancel,
+        Target::DeadLetterList,
+        Target::DeadLetterRetryAll,
+        Target::DeadLetterDiscard,
     ]);
     harness.check(160, (credentials(), target), |input| {
         check_credentials(&harness, (game, message), input)
