@@ -10,6 +10,7 @@
 //! Correctness is asserted: any early, missing or duplicated message makes the
 //! command fail.
 
+mod api_calls;
 mod harness;
 mod scenarios;
 mod stats;
@@ -35,6 +36,8 @@ pub enum Scenario {
     Backlog,
     /// Lateness again with a million pending, then a million sent rows.
     Scale,
+    /// Scheduled-message API calls per second: creates, moves, cancels.
+    Api,
 }
 
 /// Measures the notification scheduler: lateness, backlog drain against the
@@ -94,6 +97,14 @@ pub struct BenchArgs {
     #[arg(long, default_value = "1000000")]
     pub scale_rows: u64,
 
+    /// Messages created, moved and cancelled through the API in an api run.
+    #[arg(long, default_value = "20000")]
+    pub api_calls: u64,
+
+    /// Concurrent API clients in an api run.
+    #[arg(long, default_value = "16")]
+    pub api_clients: usize,
+
     /// Small sizes that finish in about a minute (used by CI).
     #[arg(long)]
     pub quick: bool,
@@ -132,6 +143,7 @@ pub struct Report {
     pub ceiling: Vec<CeilingRun>,
     /// Median backlog rate divided by the median ceiling rate: the headline figure.
     pub backlog_to_ceiling: Option<f64>,
+    pub api: Vec<api_calls::ApiRun>,
     pub floors: Vec<Floor>,
 }
 
@@ -209,6 +221,7 @@ fn quick(args: BenchArgs) -> BenchArgs {
         backlog_reminders: 2_000,
         backlog_rounds: 1,
         scale_rows: 20_000,
+        api_calls: 500,
         scheduled_messages: args.scheduled_messages.map(|rows| rows.min(20_000)),
         ..args
     }
@@ -224,6 +237,7 @@ async fn run_scenarios(args: &BenchArgs, env: &BenchEnv) -> anyhow::Result<Repor
         backlog: Vec::new(),
         ceiling: Vec::new(),
         backlog_to_ceiling: None,
+        api: Vec::new(),
         floors: Vec::new(),
     };
     let (count, spread) = (args.lateness_reminders, args.lateness_spread);
@@ -286,6 +300,13 @@ async fn run_scenarios(args: &BenchArgs, env: &BenchEnv) -> anyhow::Result<Repor
         report
             .lateness
             .push(scenarios::lateness(env, &label, count, spread, lead, daemon_args).await?);
+    }
+    if args.scenarios.contains(&Scenario::Api) {
+        let (calls, clients) = (args.api_calls, args.api_clients);
+        eprintln!("[bench] api: {calls} creates, moves and cancels, {clients} clients");
+        report
+            .api
+            .push(api_calls::api_calls(env, calls, clients).await?);
     }
     report.floors = floors(&report);
     Ok(report)
@@ -471,6 +492,23 @@ fn print(report: &Report) {
     if let Some(ratio) = report.backlog_to_ceiling {
         println!("backlog / ceiling (medians): {ratio:.2}");
     }
+    for run in &report.api {
+        println!(
+            "\n{:<22} {:>6} {:>10} {:>8} {:>8} {:>6}",
+            format!("api ({} clients)", run.clients),
+            "n",
+            "per s",
+            "p50 ms",
+            "p99 ms",
+            "failed"
+        );
+        for call in &run.calls {
+            println!(
+                "{:<22} {:>6} {:>10.0} {:>8.2} {:>8.2} {:>6}",
+                call.call, call.calls, call.per_second, call.p50_ms, call.p99_ms, call.failed
+            );
+        }
+    }
     println!("\n{:<34} {:<32} {:>12}  met", "floor", "target", "measured");
     for floor in &report.floors {
         println!(
@@ -522,6 +560,14 @@ fn check_correctness(report: &Report) -> anyhow::Result<()> {
         .filter(|run| !run.accounting.is_clean())
     {
         problems.push(format!("ceiling (broker only): {:?}", run.accounting));
+    }
+    for call in report.api.iter().flat_map(|run| &run.calls) {
+        if call.failed > 0 {
+            problems.push(format!(
+                "api: {} of {} {} calls failed",
+                call.failed, call.calls, call.call
+            ));
+        }
     }
     if problems.is_empty() {
         Ok(())

@@ -76,3 +76,15 @@ fn a_backlog_of_scheduled_messages_drains_beside_future_ones() {
     let ceiling = &report["ceiling"][0]["accounting"];
     assert_eq!(ceiling["missing"], 0, "{ceiling}");
 }
+
+#[test]
+fn the_api_scenario_creates_moves_and_cancels_every_message() {
+    let report = run_bench(&["--scenarios", "api"]);
+    let calls = report["api"][0]["calls"].as_array().expect("api calls");
+    let names: Vec<&str> = calls.iter().map(|c| c["call"].as_str().unwrap()).collect();
+    assert_eq!(names, ["create", "move", "cancel"]);
+    for call in calls {
+        assert_eq!(call["calls"], 500, "{call}");
+        assert_eq!(call["failed"], 0, "{call}");
+    }
+}
