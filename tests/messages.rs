@@ -137,23 +137,10 @@ async fn messages_written_by_sql_are_delivered_at_their_time_byte_for_byte_once(
         .iter()
         .find(|m| m.message_id == with_extras.id.to_string())
         .expect("the message with headers");
-    let headers = extras
-        .properties
-        .headers()
-        .as_ref()
-        .expect("headers")
-        .inner();
-    assert_eq!(
-        headers
-            .get("tenant")
-            .and_then(AMQPValue::as_long_string)
-            .map(ToString::to_string)
-            .as_deref(),
-        Some("eu-1")
-    );
-    assert_eq!(headers.get("attempt"), Some(&AMQPValue::LongLongInt(3)));
-    assert_eq!(headers.get("ratio"), Some(&AMQPValue::Double(0.25)));
-    assert_eq!(headers.get("urgent"), Some(&AMQPValue::Boolean(true)));
+    assert_eq!(extras.text_header("tenant").as_deref(), Some("eu-1"));
+    assert_eq!(extras.header("attempt"), Some(&AMQPValue::LongLongInt(3)));
+    assert_eq!(extras.header("ratio"), Some(&AMQPValue::Double(0.25)));
+    assert_eq!(extras.header("urgent"), Some(&AMQPValue::Boolean(true)));
     let expiration: u64 = extras
         .expiration
         .as_deref()

@@ -269,6 +269,18 @@ impl From<consumer::Received> for Received {
     }
 }
 
+impl Received {
+    /// The AMQP header `name`, if the message has it.
+    pub fn header(&self, name: &str) -> Option<&lapin::types::AMQPValue> {
+        self.properties.headers().as_ref()?.inner().get(name)
+    }
+
+    /// The AMQP header `name` as text, if it is a (long) string.
+    pub fn text_header(&self, name: &str) -> Option<String> {
+        self.header(name)?.as_long_string().map(ToString::to_string)
+    }
+}
+
 pub struct TestConsumer {
     consumer: ReminderConsumer,
 }

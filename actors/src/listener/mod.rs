@@ -6,7 +6,10 @@
 //! resync with the table. A silent connection may be dead (a dropped NAT entry
 //! sends no FIN), so the connection is pinged periodically; a failed ping or a
 //! lost connection fails the actor, and the supervisor reconnects it with
-//! backoff.
+//! backoff. At most [`CHANGE_FEED_CAPACITY`] hints wait in its mailbox
+//! ([`change_feed`]); past that they turn into one resync.
+
+mod change_feed;
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -20,6 +23,12 @@ use crate::model::ChangeHint;
 use crate::ports::{EventSink, ListenConnector, ListenEvent, ListenSession, PortError};
 use crate::scheduler::SchedulerMessage;
 use crate::slot::Slot;
+use change_feed::ChangeFeed;
+
+/// Change hints that may wait in the listener's mailbox. A hint is a few
+/// dozen bytes; the bound keeps a notification flood from growing memory
+/// while the listener waits on a ping.
+pub const CHANGE_FEED_CAPACITY: usize = 1_024;
 
 /// Messages of the [`ListenerActor`].
 #[derive(Debug)]
@@ -52,6 +61,7 @@ pub struct ListenerState<C: ListenConnector> {
     session: C::Session,
     ping: JoinHandle<()>,
     scheduler: Slot<ActorRef<SchedulerMessage>>,
+    feed: ChangeFeed,
 }
 
 impl<C: ListenConnector> Drop for ListenerState<C> {
@@ -79,7 +89,18 @@ impl<C: ListenConnector> Actor for ListenerActor<C> {
         myself: ActorRef<ListenerMessage>,
         args: ListenerArgs<C>,
     ) -> Result<ListenerState<C>, ActorProcessingErr> {
-        let events = EventSink::to_actor(myself.clone(), ListenerMessage::Listen);
+        let feed = ChangeFeed::new(CHANGE_FEED_CAPACITY);
+        let events = {
+            let (feed, actor) = (feed.clone(), myself.clone());
+            EventSink::new(move |event| {
+                // A dropped hint needs no delivery; the loss of the
+                // connection always does.
+                if matches!(event, ListenEvent::Changed(_)) && !feed.admit() {
+                    return true;
+                }
+                actor.send_message(ListenerMessage::Listen(event)).is_ok()
+            })
+        };
         let session = args
             .connector
             .connect(events)
@@ -90,6 +111,7 @@ impl<C: ListenConnector> Actor for ListenerActor<C> {
             session,
             ping,
             scheduler: args.scheduler,
+            feed,
         })
     }
 
@@ -118,6 +140,12 @@ impl<C: ListenConnector> Actor for ListenerActor<C> {
                     );
                 }
                 state.scheduler.send(SchedulerMessage::Changed(hint));
+                if state.feed.handled() {
+                    tracing::debug!(
+                        "change hints were dropped in a flood; re-reading the schedule"
+                    );
+                    state.scheduler.send(SchedulerMessage::Resync);
+                }
             }
             ListenerMessage::Listen(ListenEvent::Lost(reason)) => {
                 return Err(ListenerError::Lost(reason).into());

@@ -231,3 +231,33 @@ async fn a_claim_that_never_returns_is_restarted_by_the_watchdog_before_liveness
     assert_eq!(h.liveness.stalled_for(), None, "caught up");
     assert_eq!(h.liveness.round_stuck_for(), None);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_notification_flood_is_bounded_and_becomes_one_resync() {
+    let h = start(|store, _| {
+        store.insert(Duration::from_secs(3_600));
+    })
+    .await;
+    advance_until(Duration::from_secs(1), || h.readiness.report().ready()).await;
+    advance_until(Duration::from_secs(1), || h.store.next_due_queries() >= 1).await;
+    tokio::time::advance(Duration::from_millis(100)).await;
+    let rounds = h.store.next_due_queries();
+    // Later than the armed deadline: no hint by itself calls for a round.
+    let later = h.store.now() + chrono::Duration::hours(2);
+    for _ in 0..(crate::listener::CHANGE_FEED_CAPACITY * 10) {
+        h.feed
+            .emit(ListenEvent::Changed(crate::model::ChangeHint::Changed {
+                earliest: later,
+            }));
+    }
+    advance_until(Duration::from_secs(1), || {
+        h.store.next_due_queries() > rounds
+    })
+    .await;
+    tokio::time::advance(Duration::from_millis(100)).await;
+    assert_eq!(
+        h.store.next_due_queries(),
+        rounds + 1,
+        "the dropped hints became exactly one re-read"
+    );
+}
