@@ -42,7 +42,7 @@ peak=$before
 ( while kill -0 "$daemon" 2>/dev/null; do r=$(rss); echo "$r"; sleep 0.2; done ) > "$work/rss" &
 sampler=$!
 start=$(date +%s.%N)
-pgbench -n -q -c 4 -j 2 -t $((count / 4)) -f "$work/notify.sql" "$url" > "$work/pgbench" 2>&1
+pgbench -n -c 4 -j 2 -t $((count / 4)) -f "$work/notify.sql" "$url" > "$work/pgbench" 2>&1
 end=$(date +%s.%N)
 sleep 2
 after=$(rss)
