@@ -279,9 +279,11 @@ def load(path):
 
 # --- The metric contract: OpenTelemetry names as Prometheus exposes them.
 COUNTERS = {"notification_scheduler_reminders_total", "notification_scheduler_reconnects_total",
-            "notification_scheduler_actor_restarts_total"}
+            "notification_scheduler_actor_restarts_total", "notification_scheduler_retries_total",
+            "notification_scheduler_dead_letters_total"}
 GAUGES = {"notification_scheduler_reminders_pending", "notification_scheduler_reminders_overdue",
-          "notification_scheduler_next_due_seconds", "notification_scheduler_broker_blocked"}
+          "notification_scheduler_next_due_seconds", "notification_scheduler_broker_blocked",
+          "notification_scheduler_dead_lettered"}
 HISTOGRAMS = {"notification_scheduler_reminder_lateness_milliseconds", "notification_scheduler_batch_size",
               "http_server_request_duration_seconds"}
 ALLOWED = COUNTERS | GAUGES | {h + s for h in HISTOGRAMS for s in ("_bucket", "_sum", "_count")}

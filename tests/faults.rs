@@ -301,3 +301,41 @@ async fn three_replicas_with_one_killed_midway_deliver_everything_within_the_win
         terminate(survivor, log).await;
     }
 }
+
+/// A cut of each connection while the servers stay up (a load balancer or
+/// NAT dropping it, `pg_terminate_backend`): delivery resumes within about a
+/// second with the default recovery settings. Prints how late a reminder due
+/// just after the cut was (docs/DELIVERY.md, "Failures").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_cut_of_either_connection_delivery_resumes_promptly() {
+    let mut rig = Rig::new()
+        .await
+        .with_postgres_proxy()
+        .await
+        .with_rabbitmq_proxy()
+        .await;
+    let daemon = rig.start_daemon(&[]).await;
+    for server in ["PostgreSQL", "RabbitMQ"] {
+        let due = schedule(&rig.client, 3_600_000, &[300]).await.remove(0);
+        // Let the change notification arm the timer before the cut.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        match server {
+            "PostgreSQL" => rig.postgres_proxy().cut(),
+            _ => rig.rabbitmq_proxy().cut(),
+        }
+        let message = rig
+            .consumer
+            .next_within(common::WAIT)
+            .await
+            .unwrap_or_else(|| panic!("nothing delivered after the {server} cut"));
+        assert_eq!(message.message_id, due.id.to_string());
+        let late = message.received_at - due.at;
+        assert!(late >= chrono::Duration::zero(), "early by {late}");
+        eprintln!(
+            "a cut of every {server} connection 200 ms before a reminder: it was {} ms late",
+            late.num_milliseconds()
+        );
+    }
+    rig.consumer.assert_quiet(Duration::from_millis(300)).await;
+    daemon.shutdown().await;
+}
