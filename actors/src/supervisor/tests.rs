@@ -261,3 +261,19 @@ async fn a_notification_flood_is_bounded_and_becomes_one_resync() {
         "the dropped hints became exactly one re-read"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_frozen_publisher_is_replaced_and_delivery_resumes() {
+    let h = start(|store, broker| {
+        store.insert_overdue(Duration::from_secs(1), None);
+        // The broker takes the messages and never confirms them.
+        broker.set_confirm_delay(Duration::from_secs(3_600));
+    })
+    .await;
+    advance_until(Duration::from_secs(1), || h.broker.published().len() == 1).await;
+    // Past the confirm timeout (10 s) the publisher reconnects.
+    advance_until(Duration::from_secs(15), || h.broker.connects() == 2).await;
+    h.broker.set_confirm_delay(Duration::ZERO);
+    advance_until(Duration::from_secs(30), || h.store.pending() == 0).await;
+    assert_eq!(h.liveness.stalled_for(), None, "caught up");
+}
