@@ -12,6 +12,7 @@ use std::time::Duration;
 use lapin::{Connection, ConnectionProperties, ErrorKind};
 
 use crate::config::BrokerUrl;
+use crate::config::parse::BrokerNode;
 
 /// A failure talking to RabbitMQ: what was attempted, with its [`Cause`] as
 /// the source. Shown with its chain, it reads as one line for an operator.
@@ -93,16 +94,49 @@ impl From<BrokerError> for actors::ports::PortError {
 }
 
 /// Connects with a bounded handshake (lapin has none of its own) and the given
-/// heartbeat unless the URL sets one.
+/// heartbeat unless the URL sets one. With several nodes (one cluster's), it
+/// tries them in turn from a random one, so that replicas spread over the
+/// cluster and a dead node is passed over.
 pub async fn connect(
     url: &BrokerUrl,
     heartbeat: Duration,
     timeout: Duration,
     connection_name: &str,
 ) -> Result<Connection, BrokerError> {
-    let endpoint = url.endpoint();
+    let nodes = url.nodes();
+    let first = fastrand::usize(..nodes.len().max(1));
+    let mut failures = Vec::new();
+    for node in nodes.iter().cycle().skip(first).take(nodes.len()) {
+        match connect_node(node, heartbeat, timeout, connection_name).await {
+            Ok(connection) => return Ok(connection),
+            Err(err) => failures.push(err),
+        }
+    }
+    if failures.len() == 1 {
+        return Err(failures.remove(0));
+    }
+    let reasons: Vec<String> = failures
+        .iter()
+        .map(|err| actors::error_chain::Chain(err).to_string())
+        .collect();
+    Err(BrokerError::Unreachable {
+        endpoint: url.endpoint(),
+        cause: Cause::Other(format!(
+            "no node accepted a connection: {}",
+            reasons.join("; ")
+        )),
+    })
+}
+
+async fn connect_node(
+    node: &BrokerNode,
+    heartbeat: Duration,
+    timeout: Duration,
+    connection_name: &str,
+) -> Result<Connection, BrokerError> {
+    let endpoint = node.endpoint();
     let mut uri: lapin::uri::AMQPUri =
-        url.as_str()
+        node.as_str()
             .parse()
             .map_err(|reason| BrokerError::Refused {
                 endpoint: endpoint.clone(),

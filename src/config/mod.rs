@@ -91,7 +91,10 @@ pub struct DatabaseArgs {
 /// The RabbitMQ broker and the names reminders are published under.
 #[derive(Debug, Clone, Args)]
 pub struct BrokerArgs {
-    /// RabbitMQ URL, amqp://user:password@host:port/vhost (amqps:// for TLS).
+    /// RabbitMQ URL, amqp://user:password@host:port/vhost (amqps:// for TLS);
+    /// for a cluster, the URLs of its nodes separated by ',': the daemon
+    /// connects to a reachable one, starting from a random one, and to
+    /// another when its node dies.
     #[arg(long, env = "RABBITMQ_URL", hide_env_values = true, value_name = "URL")]
     pub rabbitmq_url: BrokerUrl,
 
@@ -399,7 +402,8 @@ pub struct HealthcheckArgs {
 /// Settings of `watch`.
 #[derive(Debug, Clone, Args)]
 pub struct WatchArgs {
-    /// RabbitMQ URL, amqp://user:password@host:port/vhost.
+    /// RabbitMQ URL, amqp://user:password@host:port/vhost; for a cluster, the
+    /// URLs of its nodes separated by ','.
     #[arg(long, env = "RABBITMQ_URL", hide_env_values = true, value_name = "URL")]
     pub rabbitmq_url: BrokerUrl,
 

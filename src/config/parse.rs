@@ -74,29 +74,56 @@ impl FromStr for DatabaseUrl {
     }
 }
 
-/// An AMQP 0-9-1 broker URL, with a printable form that never reveals the password.
+/// The RabbitMQ broker: one `amqp://` URL, or a comma-separated list of the
+/// URLs of one cluster's nodes, with a printable form that never reveals a
+/// password.
 #[derive(Clone)]
 pub struct BrokerUrl {
     raw: SecretString,
     masked: String,
+    nodes: Vec<BrokerNode>,
+}
+
+/// One node of a [`BrokerUrl`].
+#[derive(Clone)]
+pub struct BrokerNode {
+    raw: SecretString,
     host: String,
     port: u16,
 }
 
-impl BrokerUrl {
-    /// The URL as given, for the AMQP client.
+impl BrokerNode {
+    /// The node's URL, for the AMQP client.
     pub fn as_str(&self) -> &str {
         self.raw.expose_secret()
-    }
-
-    /// The URL with the password replaced by `****`.
-    pub fn masked(&self) -> &str {
-        &self.masked
     }
 
     /// `host:port`, for error messages.
     pub fn endpoint(&self) -> String {
         format!("{}:{}", self.host, self.port)
+    }
+}
+
+impl BrokerUrl {
+    /// The setting as given (every node), to hand to another process.
+    pub fn as_str(&self) -> &str {
+        self.raw.expose_secret()
+    }
+
+    /// The setting with every password replaced by `****`.
+    pub fn masked(&self) -> &str {
+        &self.masked
+    }
+
+    /// `host:port` of every node, for error messages.
+    pub fn endpoint(&self) -> String {
+        let endpoints: Vec<String> = self.nodes.iter().map(BrokerNode::endpoint).collect();
+        endpoints.join(", ")
+    }
+
+    /// The nodes, in the order given.
+    pub fn nodes(&self) -> &[BrokerNode] {
+        &self.nodes
     }
 }
 
@@ -110,51 +137,82 @@ impl FromStr for BrokerUrl {
     type Err = String;
 
     fn from_str(raw: &str) -> Result<Self, Self::Err> {
-        const EXPECTED: &str = "expected amqp://user:password@host:port/vhost (or amqps://)";
-        let masked = mask_password(raw);
-        let (scheme, rest) = raw
-            .split_once("://")
-            .ok_or_else(|| format!("'{masked}' is not a URL; {EXPECTED}"))?;
-        let default_port = match scheme {
-            "amqp" => 5672,
-            "amqps" => 5671,
-            other => return Err(format!("'{masked}' has scheme '{other}'; {EXPECTED}")),
-        };
-        // The user-info ends at the last '@' (a password may hold '/' or '?').
-        if let Some((userinfo, _)) = rest.rsplit_once('@')
-            && userinfo.contains(['/', '?', '#'])
+        let entries: Vec<&str> = raw.split(',').map(str::trim).collect();
+        // An entry without a scheme is most likely the rest of a password
+        // holding a ',', and the entry before it its start: quote neither.
+        if entries.len() > 1
+            && let Some(index) = entries.iter().position(|entry| !entry.contains("://"))
         {
             return Err(format!(
-                "'{masked}' has '/', '?' or '#' in its user or password; \
-                 percent-encode them (%2F, %3F, %23); {EXPECTED}"
+                "entry {} of {} is not an amqp:// URL (list the nodes of one cluster \
+                 separated by ','; percent-encode a ',' inside a password as %2C)",
+                index + 1,
+                entries.len()
             ));
         }
-        let url = url::Url::parse(raw).map_err(|err| match err {
-            url::ParseError::InvalidPort => {
-                // url's error does not quote the port; it follows the last ':' of the host part.
-                let host_port = rest.rsplit('@').next().unwrap_or_default();
-                let host_port = host_port.split(['/', '?', '#']).next().unwrap_or_default();
-                let port = host_port
-                    .rsplit_once(':')
-                    .map_or(host_port, |(_, port)| port);
-                format!("'{masked}' has port '{port}'; {EXPECTED}")
-            }
-            url::ParseError::EmptyHost => format!("'{masked}' names no host; {EXPECTED}"),
-            other => format!("'{masked}' cannot be parsed ({other}); {EXPECTED}"),
-        })?;
-        let host = url
-            .host_str()
-            .filter(|host| !host.is_empty())
-            .ok_or_else(|| format!("'{masked}' names no host; {EXPECTED}"))?;
-        raw.parse::<lapin::uri::AMQPUri>()
-            .map_err(|err| format!("'{masked}' cannot be parsed ({err}); {EXPECTED}"))?;
+        let mut nodes = Vec::with_capacity(entries.len());
+        for (index, entry) in entries.iter().enumerate() {
+            nodes.push(parse_broker_node(entry).map_err(|err| {
+                if entries.len() > 1 {
+                    format!("entry {} of {}: {err}", index + 1, entries.len())
+                } else {
+                    err
+                }
+            })?);
+        }
+        let masked: Vec<String> = entries.iter().map(|entry| mask_password(entry)).collect();
         Ok(Self {
             raw: raw.into(),
-            masked,
-            host: host.to_owned(),
-            port: url.port().unwrap_or(default_port),
+            masked: masked.join(","),
+            nodes,
         })
     }
+}
+
+fn parse_broker_node(raw: &str) -> Result<BrokerNode, String> {
+    const EXPECTED: &str = "expected amqp://user:password@host:port/vhost (or amqps://)";
+    let masked = mask_password(raw);
+    let (scheme, rest) = raw
+        .split_once("://")
+        .ok_or_else(|| format!("'{masked}' is not a URL; {EXPECTED}"))?;
+    let default_port = match scheme {
+        "amqp" => 5672,
+        "amqps" => 5671,
+        other => return Err(format!("'{masked}' has scheme '{other}'; {EXPECTED}")),
+    };
+    // The user-info ends at the last '@' (a password may hold '/' or '?').
+    if let Some((userinfo, _)) = rest.rsplit_once('@')
+        && userinfo.contains(['/', '?', '#'])
+    {
+        return Err(format!(
+            "'{masked}' has '/', '?' or '#' in its user or password; \
+             percent-encode them (%2F, %3F, %23); {EXPECTED}"
+        ));
+    }
+    let url = url::Url::parse(raw).map_err(|err| match err {
+        url::ParseError::InvalidPort => {
+            // url's error does not quote the port; it follows the last ':' of the host part.
+            let host_port = rest.rsplit('@').next().unwrap_or_default();
+            let host_port = host_port.split(['/', '?', '#']).next().unwrap_or_default();
+            let port = host_port
+                .rsplit_once(':')
+                .map_or(host_port, |(_, port)| port);
+            format!("'{masked}' has port '{port}'; {EXPECTED}")
+        }
+        url::ParseError::EmptyHost => format!("'{masked}' names no host; {EXPECTED}"),
+        other => format!("'{masked}' cannot be parsed ({other}); {EXPECTED}"),
+    })?;
+    let host = url
+        .host_str()
+        .filter(|host| !host.is_empty())
+        .ok_or_else(|| format!("'{masked}' names no host; {EXPECTED}"))?;
+    raw.parse::<lapin::uri::AMQPUri>()
+        .map_err(|err| format!("'{masked}' cannot be parsed ({err}); {EXPECTED}"))?;
+    Ok(BrokerNode {
+        raw: raw.into(),
+        host: host.to_owned(),
+        port: url.port().unwrap_or(default_port),
+    })
 }
 
 /// Replaces every password in a connection string with `****`: the one in
@@ -438,6 +496,33 @@ mod tests {
         let ok: DatabaseUrl = "postgresql://u:secret@h:5433/db".parse().unwrap();
         assert_eq!(ok.config().get_ports(), &[5433]);
         assert_eq!(format!("{ok:?}"), "postgresql://u:****@h:5433/db");
+    }
+
+    #[test]
+    fn a_broker_url_may_list_the_nodes_of_a_cluster() {
+        let url: BrokerUrl = "amqp://u:p1@r1:5672/%2f, amqp://u:p2@r2:5673/%2f,amqp://u:p3@r3/%2f"
+            .parse()
+            .unwrap();
+        let endpoints: Vec<String> = url.nodes().iter().map(BrokerNode::endpoint).collect();
+        assert_eq!(endpoints, ["r1:5672", "r2:5673", "r3:5672"]);
+        assert_eq!(url.endpoint(), "r1:5672, r2:5673, r3:5672");
+        assert_eq!(url.nodes()[1].as_str(), "amqp://u:p2@r2:5673/%2f");
+        assert_eq!(
+            url.masked(),
+            "amqp://u:****@r1:5672/%2f,amqp://u:****@r2:5673/%2f,amqp://u:****@r3/%2f"
+        );
+        let err = "amqp://u:p@r1,http://u:secret@r2"
+            .parse::<BrokerUrl>()
+            .unwrap_err();
+        assert!(
+            err.starts_with("entry 2 of 2:")
+                && err.contains("scheme 'http'")
+                && !err.contains("secret"),
+            "{err}"
+        );
+        // A ',' inside a password splits the URL; the rest is never printed.
+        let err = "amqp://u:se,cret@r1/%2f".parse::<BrokerUrl>().unwrap_err();
+        assert!(err.contains("%2C") && !err.contains("cret"), "{err}");
     }
 
     #[test]
