@@ -14,7 +14,9 @@ use common::TestDb;
 use common::private_pg::PrivatePg;
 use common::private_rabbit::{DurableQueue, PrivateRabbit};
 use common::process::{LogTail, Running, free_port, spawn_followed, terminate};
-use common::rig::{Rig, all_sent, assert_within_window, by_id, drain_settings, overriding};
+use common::rig::{
+    QUICK_DETECTION, Rig, all_sent, assert_within_window, by_id, drain_settings, overriding,
+};
 use common::schedule::{
     Reminder, account, backlog, count, pending, reminders_where, schedule, sent_at_least, wait_for,
     wait_for_count, wait_until,
@@ -393,4 +395,61 @@ struct AlarmedDrain {
     daemon: Running,
     log: LogTail,
     _db: TestDb,
+}
+
+/// `RABBITMQ_URL` naming two nodes: when the node the daemon is connected to
+/// is killed, it connects to the other and delivers what falls due, nothing
+/// lost. (The nodes are independent here; each has the exchange and a queue.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_two_nodes_the_daemon_moves_to_the_other_when_its_node_is_killed() {
+    let (mut first, mut second) = tokio::join!(PrivateRabbit::start(), PrivateRabbit::start());
+    let exchange = format!("test.{}", Uuid::new_v4().simple());
+    let queues = [
+        first.durable_queue(&exchange).await,
+        second.durable_queue(&exchange).await,
+    ];
+    let db = TestDb::migrated().await;
+    let client = db.client().await;
+    let port = free_port();
+    let broker = PrivateRabbit::nodes_broker(&[&first, &second], &exchange);
+    let (mut daemon, log) = spawn_followed(&db.url, &broker, port, &QUICK_DETECTION);
+    wait_for(
+        "the daemon to be ready",
+        Duration::from_secs(20),
+        || async { broker_ready(port).await == Some(true) },
+    )
+    .await;
+    let on_first = first.has_connection("notification-scheduler daemon").await;
+    let (connected, other, other_queue) = if on_first {
+        (&mut first, &second, &queues[1])
+    } else {
+        (&mut second, &first, &queues[0])
+    };
+    assert!(
+        connected
+            .has_connection("notification-scheduler daemon")
+            .await,
+        "the daemon is connected to one of the nodes"
+    );
+    connected.kill();
+    let killed = Instant::now();
+    let mut earlier = HashSet::new();
+    let due_soon = schedule(&client, 3_600_000, &[200, 400, 600]).await;
+    let expected = written_since(&client, &mut earlier).await;
+    assert_eq!(expected.len(), due_soon.len());
+    all_sent(&client, Duration::from_secs(30)).await;
+    eprintln!(
+        "reminders due 200-600 ms after the node was killed all sent {:?} after the kill",
+        killed.elapsed()
+    );
+    assert!(other.has_connection("notification-scheduler daemon").await);
+    let received = other.drain_queue(other_queue, Duration::from_secs(1)).await;
+    let got: HashSet<&str> = received.iter().map(|m| m.message_id.as_str()).collect();
+    for id in expected.keys() {
+        assert!(
+            got.contains(id.as_str()),
+            "reminder {id} not on the surviving node"
+        );
+    }
+    terminate(&mut daemon, &log).await;
 }

@@ -97,6 +97,24 @@ impl PrivateRabbit {
         }
     }
 
+    /// Daemon settings naming every node of `nodes` (`RABBITMQ_URL` as a
+    /// list), for an exchange on each.
+    pub fn nodes_broker(nodes: &[&PrivateRabbit], exchange: &str) -> TestBroker {
+        let urls: Vec<String> = nodes.iter().map(|node| node.url()).collect();
+        TestBroker {
+            url: urls.join(","),
+            exchange: exchange.to_owned(),
+            connection: None,
+        }
+    }
+
+    /// Whether a connection named like `name` is open on this node.
+    pub async fn has_connection(&self, name: &str) -> bool {
+        self.ctl(&["list_connections", "--quiet", "client_properties"])
+            .await
+            .contains(name)
+    }
+
     /// Starts the node (again, on the same data) and waits until an AMQP
     /// connection succeeds.
     pub async fn start_again(&mut self) {
