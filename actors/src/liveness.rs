@@ -15,10 +15,10 @@ use tokio::time::Instant;
 
 /// Shared, cheaply cloned record of delivery progress.
 #[derive(Debug, Clone, Default)]
-pub struct Liveness(Arc<Mutex<Progress>>);
+pub struct Liveness(Arc<Mutex<Record>>);
 
 #[derive(Debug, Default)]
-struct Progress {
+struct Record {
     /// A round is running, since then.
     round_since: Option<Instant>,
     /// Work has been due, since then.
@@ -27,7 +27,7 @@ struct Progress {
     progressed_at: Option<Instant>,
 }
 
-impl Progress {
+impl Record {
     /// Time since `since` or the last progress after it.
     fn without_progress_since(&self, since: Instant) -> Duration {
         self.progressed_at
@@ -37,7 +37,7 @@ impl Progress {
 }
 
 impl Liveness {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Progress> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Record> {
         self.0.lock().unwrap_or_else(|poison| poison.into_inner())
     }
 

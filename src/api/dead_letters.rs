@@ -76,14 +76,8 @@ pub struct ChangedLetter {
 }
 
 fn kind_named(raw: &str, field: &str) -> Result<&'static Kind, ApiError> {
-    kinds::by_name(raw).ok_or_else(|| {
-        let names: Vec<&str> = kinds::ALL.iter().map(|kind| kind.name).collect();
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_parameter",
-            format!("kind must be one of {}", names.join(", ")),
-        )
-        .field(field)
+    crate::config::parse::kind(raw).map_err(|reason| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_parameter", reason).field(field)
     })
 }
 

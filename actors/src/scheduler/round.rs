@@ -7,7 +7,7 @@
 //! answered, so a round never waits for confirms and a crash of the scheduler
 //! cannot interrupt a commit.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -356,7 +356,7 @@ async fn settle<C: Claim>(claim: C, outcomes: Vec<PublishOutcome>) -> Result<Set
     }
     let live = claim.events().iter().filter(|e| !e.stale);
     let mut undelivered = Vec::new();
-    let mut refused: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let mut refused: Vec<(Uuid, &'static str)> = Vec::new();
     let mut first_refusal = None;
     let mut unconfirmed = 0;
     let mut unconfirmed_reason = None;
@@ -383,46 +383,48 @@ async fn settle<C: Claim>(claim: C, outcomes: Vec<PublishOutcome>) -> Result<Set
             }
         };
         count(event.kind, counted);
-        *refused.entry(event.kind).or_default() += 1;
+        refused.push((event.id, event.kind));
         first_refusal.get_or_insert_with(|| refusal.clone());
         undelivered.push(Undelivered {
             id: event.id,
             refusal: Some(refusal),
         });
     }
-    let kinds: HashMap<Uuid, &'static str> =
-        claim.events().iter().map(|e| (e.id, e.kind)).collect();
-    let dead_lettered: Vec<&'static str> = claim
+    let dead_lettered: HashSet<Uuid> = claim
         .commit(undelivered)
         .instrument(tracing::info_span!("commit"))
         .await
         .map_err(SettleError::Commit)?
-        .iter()
-        .filter_map(|id| kinds.get(id).copied())
+        .into_iter()
         .collect();
     for ((kind, outcome), events) in counts {
         crate::metrics::events(kind, outcome, events);
     }
-    for &kind in &dead_lettered {
-        crate::metrics::dead_lettered(kind, 1);
+    // Refused events by kind and fate: dead-lettered, or waiting for a retry.
+    let mut fates: BTreeMap<(&'static str, bool), usize> = BTreeMap::new();
+    for (id, kind) in &refused {
+        *fates.entry((kind, dead_lettered.contains(id))).or_default() += 1;
     }
-    for (kind, events) in &refused {
-        let dead = dead_lettered.iter().filter(|k| *k == kind).count();
-        crate::metrics::retries(kind, events - dead);
+    for ((kind, dead), events) in fates {
+        if dead {
+            crate::metrics::dead_lettered(kind, events);
+        } else {
+            crate::metrics::retries(kind, events);
+        }
     }
     if skipped > 0 {
         tracing::info!(skipped, "skipped events whose kind says they came too late");
     }
     if let Some(reason) = first_refusal {
         tracing::warn!(
-            refused = refused.values().sum::<usize>(),
+            refused = refused.len(),
             dead_lettered = dead_lettered.len(),
             reason,
             "the broker refused messages; each is tried again after a growing delay, \
              and dead-lettered after its last attempt"
         );
     }
-    let retrying = refused.values().sum::<usize>() > dead_lettered.len();
+    let retrying = refused.len() > dead_lettered.len();
     match unconfirmed_reason {
         None => Ok(Settled { retrying }),
         Some(reason) => Err(SettleError::Unconfirmed {
