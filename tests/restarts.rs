@@ -15,25 +15,14 @@ use common::private_pg::PrivatePg;
 use common::private_rabbit::{DurableQueue, PrivateRabbit};
 use common::process::{LogTail, Running, free_port, spawn_followed, terminate};
 use common::rig::{
-    QUICK_DETECTION, Rig, all_sent, assert_within_window, by_id, drain_settings, overriding,
+    QUICK_DETECTION, Rig, all_sent, assert_within_window, broker_ready, by_id, drain_settings,
+    overriding,
 };
 use common::schedule::{
-    Reminder, account, backlog, count, pending, reminders_where, schedule, sent_at_least, wait_for,
-    wait_for_count, wait_until,
+    Reminder, account, backlog, count, pending, schedule, sent_at_least, wait_for, wait_for_count,
+    wait_until, written_since,
 };
 use uuid::Uuid;
-
-/// Every row not in `earlier` (rows written while the daemon runs, which may
-/// be sent before they could be read as pending); adds them to `earlier`.
-async fn written_since(
-    client: &tokio_postgres::Client,
-    earlier: &mut HashSet<String>,
-) -> HashMap<String, Reminder> {
-    let mut rows = reminders_where(client, "true").await;
-    rows.retain(|id, _| !earlier.contains(id));
-    earlier.extend(rows.keys().cloned());
-    rows
-}
 
 /// A client of the private cluster, retried while it is (re)starting.
 async fn reconnect(pg: &PrivatePg) -> tokio_postgres::Client {
@@ -262,15 +251,6 @@ async fn settled_sent(client: &tokio_postgres::Client) -> i64 {
             "the sent count never settled (last {sent})"
         );
     }
-}
-
-/// Whether /readyz reports the broker ready; `None` if it does not answer.
-async fn broker_ready(port: u16) -> Option<bool> {
-    let response = reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
-        .await
-        .ok()?;
-    let body: serde_json::Value = response.json().await.ok()?;
-    body["broker"]["ready"].as_bool()
 }
 
 /// A memory alarm on the broker (`set_vm_memory_high_watermark` to almost

@@ -8,7 +8,7 @@ use lapin::options::{
     BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions, QueueBindOptions,
     QueueDeclareOptions, QueueDeleteOptions,
 };
-use lapin::types::{FieldTable, ShortString};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Connection, ExchangeKind};
 
 use super::BrokerError;
@@ -21,7 +21,19 @@ pub enum QueueKind {
     Temporary,
     /// A durable queue, like the bot's own, deleted by [`ReminderConsumer::delete_queue`].
     Durable(String),
+    /// A durable quorum queue (`x-queue-type: quorum`): replicated over the
+    /// nodes of a cluster, so its messages survive the loss of a minority of
+    /// them, where a classic queue lives on one node and is gone with it.
+    Quorum(String),
 }
+
+const DURABLE: QueueDeclareOptions = QueueDeclareOptions {
+    passive: false,
+    durable: true,
+    exclusive: false,
+    auto_delete: false,
+    nowait: false,
+};
 
 /// A message as received.
 #[derive(Debug, Clone)]
@@ -75,6 +87,7 @@ impl ReminderConsumer {
             )
             .await
             .map_err(failed("declaring the exchange"))?;
+        let mut arguments = FieldTable::default();
         let (name, options) = match queue {
             QueueKind::Temporary => (
                 String::new(),
@@ -84,16 +97,17 @@ impl ReminderConsumer {
                     ..QueueDeclareOptions::default()
                 },
             ),
-            QueueKind::Durable(name) => (
-                name,
-                QueueDeclareOptions {
-                    durable: true,
-                    ..QueueDeclareOptions::default()
-                },
-            ),
+            QueueKind::Durable(name) => (name, DURABLE),
+            QueueKind::Quorum(name) => {
+                arguments.insert(
+                    ShortString::from("x-queue-type"),
+                    AMQPValue::LongString("quorum".into()),
+                );
+                (name, DURABLE)
+            }
         };
         let declared = channel
-            .queue_declare(ShortString::from(name), options, FieldTable::default())
+            .queue_declare(ShortString::from(name), options, arguments)
             .await
             .map_err(failed("declaring the queue"))?;
         let queue = declared.name().clone();

@@ -1,6 +1,7 @@
-//! `notification-scheduler watch`: binds a temporary queue to the exchange
-//! with the routing key of every kind of the service's own events and prints each event as it is
-//! delivered, until Ctrl-C.
+//! `notification-scheduler watch`: binds a temporary queue (or, with
+//! `--quorum-queue`, a durable quorum queue) to the exchange with the routing
+//! key of every kind of the service's own events and prints each event as it
+//! is delivered, until Ctrl-C.
 
 use crate::broker::consumer::{QueueKind, ReminderConsumer};
 use crate::config::WatchArgs;
@@ -14,11 +15,15 @@ pub async fn run(args: WatchArgs) -> anyhow::Result<()> {
         .iter()
         .filter_map(|d| d.routing_key.as_deref())
         .collect();
+    let queue = match &args.quorum_queue {
+        Some(name) => QueueKind::Quorum(name.clone()),
+        None => QueueKind::Temporary,
+    };
     let mut consumer = ReminderConsumer::bind(
         &args.rabbitmq_url,
         &args.rabbitmq_exchange,
         &routing_keys,
-        QueueKind::Temporary,
+        queue,
         100,
     )
     .await?;

@@ -415,4 +415,11 @@ pub struct WatchArgs {
     /// with; it is bound with every other kind's routing key too.
     #[arg(long, env = "RABBITMQ_ROUTING_KEY", default_value = "game.reminder_due", value_parser = parse::amqp_name)]
     pub rabbitmq_routing_key: String,
+
+    /// Consume from this durable quorum queue (declared if missing, kept on
+    /// exit) instead of a temporary one: on a cluster it survives the loss of
+    /// the node it was declared on, and it keeps what arrives while `watch`
+    /// is not running.
+    #[arg(long, value_name = "QUEUE", value_parser = parse::amqp_name)]
+    pub quorum_queue: Option<String>,
 }

@@ -31,6 +31,18 @@ const NODE_WAIT: Duration = Duration::from_secs(60);
 pub struct DurableQueue {
     pub exchange: String,
     pub name: String,
+    /// A quorum queue (replicated over a cluster's nodes) or a classic one.
+    quorum: bool,
+}
+
+impl DurableQueue {
+    fn kind(&self) -> QueueKind {
+        if self.quorum {
+            QueueKind::Quorum(self.name.clone())
+        } else {
+            QueueKind::Durable(self.name.clone())
+        }
+    }
 }
 
 pub struct PrivateRabbit {
@@ -46,12 +58,48 @@ pub struct PrivateRabbit {
 impl PrivateRabbit {
     /// A new node, started and accepting AMQP connections.
     pub async fn start() -> Self {
+        let cookie = Uuid::new_v4().simple().to_string().to_uppercase();
+        let mut node = Self::configured(&cookie);
+        node.start_again().await;
+        node
+    }
+
+    /// A cluster of `size` new nodes, started concurrently and joined to the
+    /// first with `rabbitmqctl join_cluster` (they share an Erlang cookie).
+    pub async fn start_cluster(size: usize) -> Vec<Self> {
+        let cookie = Uuid::new_v4().simple().to_string().to_uppercase();
+        let mut nodes: Vec<Self> = (0..size).map(|_| Self::configured(&cookie)).collect();
+        futures_util::future::join_all(nodes.iter_mut().map(Self::start_again)).await;
+        let first = nodes[0].node.clone();
+        for node in &nodes[1..] {
+            node.ctl(&["stop_app"]).await;
+            node.ctl(&["join_cluster", &first]).await;
+            node.ctl(&["start_app"]).await;
+        }
+        for node in &nodes {
+            node.ctl(&["await_startup", "--timeout", "60"]).await;
+        }
+        let status = nodes[0]
+            .ctl(&["cluster_status", "--formatter", "json"])
+            .await;
+        for node in &nodes {
+            assert!(
+                status.contains(&node.node),
+                "node {} is not in the cluster: {status}",
+                node.node
+            );
+        }
+        nodes
+    }
+
+    /// A node configured (not started) with the given Erlang cookie.
+    fn configured(cookie: &str) -> Self {
         let unique = Uuid::new_v4().simple().to_string();
         let dir = std::env::temp_dir().join(format!("ns-rabbit-{unique}"));
         for sub in ["home", "mnesia", "log"] {
             std::fs::create_dir_all(dir.join(sub)).expect("create the node directory");
         }
-        let mut node = Self {
+        let node = Self {
             node: format!("test-{}@localhost", &unique[..12]),
             port: free_port(),
             dist_port: free_port(),
@@ -74,11 +122,13 @@ impl PrivateRabbit {
                 node.port
             ),
         );
-        let cookie = node.dir.join("home/.erlang.cookie");
-        std::fs::write(&cookie, unique.to_uppercase()).expect("write the Erlang cookie");
-        std::fs::set_permissions(&cookie, std::os::unix::fs::PermissionsExt::from_mode(0o400))
-            .expect("the cookie is private");
-        node.start_again().await;
+        let cookie_file = node.dir.join("home/.erlang.cookie");
+        std::fs::write(&cookie_file, cookie).expect("write the Erlang cookie");
+        std::fs::set_permissions(
+            &cookie_file,
+            std::os::unix::fs::PermissionsExt::from_mode(0o400),
+        )
+        .expect("the cookie is private");
         node
     }
 
@@ -208,12 +258,28 @@ impl PrivateRabbit {
     /// daemon publishes: the consumer that declares them takes what arrives
     /// until it is dropped here.
     pub async fn durable_queue(&self, exchange: &str) -> DurableQueue {
+        self.declare(exchange, false).await
+    }
+
+    /// Like [`Self::durable_queue`], a quorum queue: on a cluster, declared
+    /// after the nodes joined, it has a replica on each of them.
+    pub async fn quorum_queue(&self, exchange: &str) -> DurableQueue {
+        self.declare(exchange, true).await
+    }
+
+    async fn declare(&self, exchange: &str, quorum: bool) -> DurableQueue {
         let queue = DurableQueue {
             exchange: exchange.to_owned(),
             name: format!("reminders.{}", Uuid::new_v4().simple()),
+            quorum,
         };
         drop(self.bind(&queue).await);
         queue
+    }
+
+    /// Whether the node's process is running (not killed or stopped).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// Takes every message waiting in `queue`, until none arrives for `quiet`.
@@ -227,8 +293,7 @@ impl PrivateRabbit {
     }
 
     async fn bind(&self, queue: &DurableQueue) -> ReminderConsumer {
-        let kind = QueueKind::Durable(queue.name.clone());
-        bind(&self.url(), &queue.exchange, kind).await
+        bind(&self.url(), &queue.exchange, queue.kind()).await
     }
 
     /// What the node printed while starting, and the tail of its log.

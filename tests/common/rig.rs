@@ -215,3 +215,12 @@ impl Rig {
         take_until_quiet(&mut self.consumer, received).await;
     }
 }
+
+/// Whether /readyz reports the broker ready; `None` if it does not answer.
+pub async fn broker_ready(port: u16) -> Option<bool> {
+    let response = reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+        .await
+        .ok()?;
+    let body: serde_json::Value = response.json().await.ok()?;
+    body["broker"]["ready"].as_bool()
+}

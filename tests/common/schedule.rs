@@ -337,3 +337,15 @@ pub fn account(received: &[Received], expected: &HashMap<String, Reminder>) -> T
         duplicates,
     }
 }
+
+/// Every row not in `earlier` (rows written while the daemon runs, which may
+/// be sent before they could be read as pending); adds them to `earlier`.
+pub async fn written_since(
+    client: &tokio_postgres::Client,
+    earlier: &mut HashSet<String>,
+) -> HashMap<String, Reminder> {
+    let mut rows = reminders_where(client, "true").await;
+    rows.retain(|id, _| !earlier.contains(id));
+    earlier.extend(rows.keys().cloned());
+    rows
+}
