@@ -39,6 +39,8 @@ pub struct BenchEnv {
     /// The kinds of the rows the lateness and backlog scenarios measure: row
     /// n is of kind `measured[n % measured.len()]`.
     pub measured: Vec<RowKind>,
+    /// Whether the bench queue is a quorum queue.
+    pub quorum_queue: bool,
 }
 
 /// A kind of row the lateness and backlog scenarios write and measure.
@@ -68,6 +70,7 @@ impl BenchEnv {
         broker: &BrokerUrl,
         daemon_binary: PathBuf,
         measured: Vec<RowKind>,
+        quorum_queue: bool,
     ) -> anyhow::Result<Self> {
         let id = Uuid::new_v4().simple().to_string();
         let database = format!("bench_{}", &id[..12]);
@@ -90,18 +93,25 @@ impl BenchEnv {
             client,
             daemon_binary,
             measured,
+            quorum_queue,
         })
     }
 
-    /// Binds the bench queue (durable, like the bot's) to the exchange, for
-    /// every kind's routing keys (one pattern for all scheduled messages).
+    /// Binds the bench queue (durable, like the bot's; a quorum queue if
+    /// asked) to the exchange, for every kind's routing keys (one pattern for
+    /// all scheduled messages).
     pub async fn consumer(&self) -> anyhow::Result<ReminderConsumer> {
         let messages = format!("{MESSAGE_ROUTING_KEY_PREFIX}*");
+        let queue = if self.quorum_queue {
+            QueueKind::Quorum(self.queue.clone())
+        } else {
+            QueueKind::Durable(self.queue.clone())
+        };
         Ok(ReminderConsumer::bind(
             &self.broker,
             &self.exchange,
             &[ROUTING_KEY, status_transition::ROUTING_KEY, &messages],
-            QueueKind::Durable(self.queue.clone()),
+            queue,
             u16::MAX,
         )
         .await?)

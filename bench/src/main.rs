@@ -63,6 +63,16 @@ pub struct BenchArgs {
     #[arg(long, env = "RABBITMQ_URL", hide_env_values = true, value_name = "URL")]
     pub rabbitmq_url: BrokerUrl,
 
+    /// Daemon processes draining the backlog together: replicas on one
+    /// database and one broker (or cluster).
+    #[arg(long, default_value = "1", value_parser = parse::bounded_integer(1, 16))]
+    pub replicas: usize,
+
+    /// Declare the bench queue as a quorum queue, as consumers on a RabbitMQ
+    /// cluster should.
+    #[arg(long)]
+    pub quorum_queue: bool,
+
     /// Scenarios to run.
     #[arg(
         long,
@@ -200,6 +210,7 @@ async fn run(args: BenchArgs) -> anyhow::Result<()> {
         &args.rabbitmq_url,
         daemon_binary,
         measured,
+        args.quorum_queue,
     )
     .await?;
     let result = run_scenarios(&args, &env).await;
@@ -275,12 +286,12 @@ async fn run_scenarios(args: &BenchArgs, env: &BenchEnv) -> anyhow::Result<Repor
                 .ceiling
                 .push(scenarios::ceiling(env, count, args.ceiling_window).await?);
             eprintln!(
-                "[bench] backlog {round}/{}: {count} overdue {measured}",
-                args.backlog_rounds
+                "[bench] backlog {round}/{}: {count} overdue {measured}, {} daemon replica(s)",
+                args.backlog_rounds, args.replicas
             );
             report
                 .backlog
-                .push(scenarios::backlog(env, daemon_args).await?);
+                .push(scenarios::backlog(env, daemon_args, args.replicas).await?);
         }
         let ceiling = median(report.ceiling.iter().map(|run| run.per_second));
         let backlog = median(report.backlog.iter().map(|run| run.per_second));
@@ -477,11 +488,12 @@ fn print(report: &Report) {
             ceiling.accounting.duplicates
         );
         println!(
-            "backlog: {:>7} {} in {:>6.2} s = {:>8.0}/s (first after {:.3} s, missing {}, dup {}, RSS {:.1} MiB)",
+            "backlog: {:>7} {} in {:>6.2} s = {:>8.0}/s by {} replica(s) (first after {:.3} s, missing {}, dup {}, peak RSS {:.1} MiB)",
             backlog.reminders,
             rows_name(&backlog.measured),
             backlog.seconds,
             backlog.per_second,
+            backlog.replicas,
             backlog.first_message_seconds,
             backlog.accounting.missing,
             backlog.accounting.duplicates,

@@ -53,7 +53,10 @@ pub struct BacklogRun {
     /// From starting the daemon process to the first message consumed
     /// (process start, connections, first claim).
     pub first_message_seconds: f64,
+    /// Daemon processes that drained it together.
+    pub replicas: usize,
     pub accounting: Accounting,
+    /// The largest peak resident memory of the replicas.
     pub peak_rss_kib: Option<u64>,
 }
 
@@ -123,15 +126,21 @@ pub async fn prepare_backlog(env: &BenchEnv, count: u64) -> anyhow::Result<()> {
     settle_table(env).await
 }
 
-/// Starts the daemon on the pending backlog and measures until the last
-/// reminder is consumed.
-pub async fn backlog(env: &BenchEnv, daemon_args: &[String]) -> anyhow::Result<BacklogRun> {
+/// Starts `replicas` daemons on the pending backlog and measures until the
+/// last reminder is consumed.
+pub async fn backlog(
+    env: &BenchEnv,
+    daemon_args: &[String],
+    replicas: usize,
+) -> anyhow::Result<BacklogRun> {
     let expected = env.pending().await?;
     let count = expected.len() as u64;
     let beside = env.beside().await?;
     let mut consumer = env.consumer().await?;
     let started = Utc::now();
-    let daemon = DaemonProcess::start(env, daemon_args)?;
+    let daemons = (0..replicas)
+        .map(|_| DaemonProcess::start(env, daemon_args))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let received = collect(
         &mut consumer,
         &expected,
@@ -139,7 +148,10 @@ pub async fn backlog(env: &BenchEnv, daemon_args: &[String]) -> anyhow::Result<B
         Duration::from_millis(500),
     )
     .await;
-    let peak_rss_kib = daemon.stop().await?;
+    let mut peak_rss_kib = None;
+    for daemon in daemons {
+        peak_rss_kib = peak_rss_kib.max(daemon.stop().await?);
+    }
     let seconds =
         last_expected(&expected, &received).map_or(f64::NAN, |last| seconds_between(started, last));
     let first_message_seconds = received
@@ -154,6 +166,7 @@ pub async fn backlog(env: &BenchEnv, daemon_args: &[String]) -> anyhow::Result<B
         seconds,
         per_second: count as f64 / seconds,
         first_message_seconds,
+        replicas,
         accounting: stats::account(&expected, &received),
         peak_rss_kib,
     })
