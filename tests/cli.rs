@@ -52,6 +52,26 @@ fn a_bad_database_url_is_quoted_with_the_password_masked() {
 }
 
 #[test]
+fn a_database_url_asking_for_a_standby_is_a_configuration_error_that_names_the_value() {
+    let output = run(
+        &["migrate"],
+        &[(
+            "DATABASE_URL",
+            "postgresql://app:hunter2@pg1:5432,pg2:5432/app?target_session_attrs=prefer-standby",
+        )],
+    );
+    assert_config_error(
+        &output,
+        &[
+            "DATABASE_URL",
+            "target_session_attrs=prefer-standby",
+            "use read-write",
+        ],
+    );
+    assert!(!stderr(&output).contains("hunter2"));
+}
+
+#[test]
 fn a_flag_wins_over_the_environment() {
     let output = run(
         &["migrate", "--database-connect-timeout", "soon"],

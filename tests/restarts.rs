@@ -1,6 +1,7 @@
 //! Real restarts of the servers, on throwaway instances of the test's own (a
-//! private PostgreSQL cluster, a private RabbitMQ node), and a broker resource
-//! alarm: faults the shared servers of the other tests must not see.
+//! private PostgreSQL cluster, a primary with a standby to promote, a private
+//! RabbitMQ node), and a broker resource alarm: faults the shared servers of
+//! the other tests must not see.
 //!
 //! These tests start servers and drain backlogs, so nextest runs them one at a
 //! time (test group `private-servers` in .config/nextest.toml).
@@ -19,9 +20,10 @@ use common::rig::{
     overriding,
 };
 use common::schedule::{
-    Reminder, account, backlog, count, pending, schedule, sent_at_least, wait_for, wait_for_count,
-    wait_until, written_since,
+    Reminder, account, backlog, count, daemon_args_at, pending, receive_all, reminders_where,
+    schedule, sent_at_least, wait_for, wait_for_count, wait_until, written_since,
 };
+use notification_scheduler::daemon::RunningDaemon;
 use uuid::Uuid;
 
 /// A client of the private cluster, retried while it is (re)starting.
@@ -432,4 +434,168 @@ async fn given_two_nodes_the_daemon_moves_to_the_other_when_its_node_is_killed()
         );
     }
     terminate(&mut daemon, &log).await;
+}
+
+/// A primary with a synchronous streaming standby, and a daemon whose
+/// `DATABASE_URL` lists both (no `target_session_attrs`: read-write by
+/// default). The primary crashes (immediate stop) mid-drain. Until the standby
+/// is promoted, the daemon turns it down as read-only and says so; after the
+/// promotion the pool, the claims and the LISTEN connection all move to it:
+/// every reminder arrives, none early, at most the batches in flight repeat,
+/// and reminders written to the new primary afterwards go out on time (only
+/// its LISTEN connection can wake the idle daemon for them). Prints how soon
+/// delivery resumed after the promotion (docs/DELIVERY.md, "Failures").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_primary_and_a_standby_the_daemon_follows_the_promotion_after_a_crash_mid_drain() {
+    let primary = PrivatePg::start().await;
+    let standby = PrivatePg::standby_of(&primary).await;
+    // Asynchronous replication would lose the commits the standby had not
+    // received: reminders written, and sent marks (their batches repeat).
+    primary.require_synchronous_standby().await;
+    let both = format!(
+        "postgresql://postgres@127.0.0.1:{},127.0.0.1:{}/postgres",
+        primary.port, standby.port
+    );
+    let mut rig = Rig::on_database(both, primary.client().await).await;
+    let daemon = rig
+        .start_daemon(&overriding(
+            &drain_settings(),
+            // The default crash backoff: the printed recovery is what an
+            // operator would see.
+            &[("--restart-backoff-max", "10s")],
+        ))
+        .await;
+
+    backlog(&rig.client, 30_000).await;
+    // Every row, sent or not: the drain starts as soon as they are written.
+    let expected = reminders_where(&rig.client, "true").await;
+    sent_at_least(&rig.client, 2_000).await;
+    primary.stop("immediate").await;
+    let refused = |detail: &Option<String>| {
+        detail
+            .as_deref()
+            .is_some_and(|detail| detail.contains("the server is read-only"))
+    };
+    wait_until("the daemon to turn the standby down as read-only", || {
+        let report = daemon.readiness.report();
+        refused(&report.database.detail) && refused(&report.listener.detail)
+    })
+    .await;
+    let detail = daemon
+        .readiness
+        .report()
+        .database
+        .detail
+        .unwrap_or_default();
+    assert!(
+        detail.contains("target_session_attrs=read-write"),
+        "{detail}"
+    );
+    eprintln!("before the promotion: {detail}");
+    let standby_client = standby.client().await;
+    let unsent = count(&standby_client, "NOT sent").await;
+    assert!(unsent > 0, "the drain was over before the crash");
+
+    let promoting = chrono::Utc::now();
+    let started = Instant::now();
+    standby.promote().await;
+    eprintln!(
+        "pg_ctl promote returned after {:?}, {unsent} of 30000 rows unsent",
+        started.elapsed()
+    );
+    rig.client = standby_client;
+    let mut received = Vec::new();
+    receive_all(
+        &mut rig.consumer,
+        &expected,
+        &mut received,
+        Duration::from_secs(40),
+    )
+    .await;
+    rig.finish(&mut received).await;
+    let resumed = received
+        .iter()
+        .map(|message| message.received_at)
+        .filter(|at| *at >= promoting)
+        .min()
+        .expect("deliveries after the promotion");
+    eprintln!(
+        "first delivery {} ms after pg_ctl promote was run",
+        (resumed - promoting).num_milliseconds()
+    );
+    assert_within_window(
+        account(&received, &expected),
+        1,
+        "primary crashed mid-drain, standby promoted",
+    );
+
+    // The drain is over and the daemon idle: only a notification on the new
+    // primary wakes it before these fall due.
+    let after = schedule(&rig.client, 3_600_000, &[300, 600, 900]).await;
+    let received = rig.consumer.take(after.len()).await;
+    for (message, due) in received.iter().zip(&after) {
+        assert_eq!(message.message_id, due.id.to_string());
+        let late = message.received_at - due.at;
+        assert!(
+            late >= chrono::Duration::zero() && late < chrono::Duration::seconds(1),
+            "a reminder written to the new primary arrived {late} after its time"
+        );
+        eprintln!(
+            "written to the new primary: {} ms late",
+            late.num_milliseconds()
+        );
+    }
+    assert!(daemon.readiness.report().ready());
+    daemon.shutdown().await;
+    drop(rig);
+    drop(standby);
+    drop(primary);
+}
+
+/// A daemon whose `DATABASE_URL` names a standby alone (nothing asks for a
+/// read-write session) connects, but its LISTEN and its claims are refused:
+/// it reports that the server is read-only and how to configure the URL, and
+/// delivers once the standby is promoted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_given_only_a_standby_says_it_is_read_only_and_delivers_once_it_is_promoted() {
+    let primary = PrivatePg::start().await;
+    let standby = PrivatePg::standby_of(&primary).await;
+    primary.require_synchronous_standby().await;
+    let client = primary.client().await;
+    let overdue = schedule(&client, 3_600_000, &[-1]).await;
+    let mut rig = Rig::on_database(standby.url(), standby.client().await).await;
+    let daemon = RunningDaemon::start(&daemon_args_at(
+        &standby.url(),
+        &rig.daemon_broker(),
+        &QUICK_DETECTION,
+    ))
+    .await
+    .expect("daemon starts");
+    let refused = |detail: &Option<String>| {
+        detail.as_deref().is_some_and(|detail| {
+            detail.contains("the server is read-only")
+                && detail.contains("target_session_attrs=read-write")
+        })
+    };
+    wait_until("the daemon to report the standby read-only", || {
+        let report = daemon.readiness.report();
+        refused(&report.database.detail) && refused(&report.listener.detail)
+    })
+    .await;
+    let report = daemon.readiness.report();
+    eprintln!(
+        "claims: {}\nLISTEN: {}",
+        report.database.detail.unwrap_or_default(),
+        report.listener.detail.unwrap_or_default()
+    );
+
+    primary.stop("immediate").await;
+    standby.promote().await;
+    let received = rig.consumer.take(1).await;
+    assert_eq!(received[0].message_id, overdue[0].id.to_string());
+    daemon.shutdown().await;
+    drop(rig);
+    drop(client);
+    drop(standby);
+    drop(primary);
 }

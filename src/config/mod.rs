@@ -77,11 +77,17 @@ pub struct LoggingArgs {
 /// The PostgreSQL database holding `game_sessions` and `notification_schedule`.
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseArgs {
-    /// PostgreSQL URL, postgresql://user:password@host:port/database.
+    /// PostgreSQL URL, postgresql://user:password@host:port/database. For a
+    /// primary with standbys, list them all
+    /// (postgresql://user:password@host1:5432,host2:5432/database): each
+    /// connection goes to the first that accepts writes, so the daemon
+    /// follows a promotion (target_session_attrs=read-write, the default with
+    /// several hosts; `any` is the only other value accepted).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true, value_name = "URL")]
     pub database_url: DatabaseUrl,
 
-    /// How long to wait for a PostgreSQL connection before reporting the host unreachable.
+    /// How long to wait for a PostgreSQL connection before reporting the host
+    /// unreachable; with several hosts, for each one in turn.
     // Long enough for a loaded server on another host, short enough that a
     // wrong address is reported before an operator gives up waiting.
     #[arg(long, env = "DATABASE_CONNECT_TIMEOUT", default_value = "5s", value_parser = parse::positive_duration)]

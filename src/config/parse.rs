@@ -7,6 +7,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
+use tokio_postgres::config::TargetSessionAttrs;
 
 /// A PostgreSQL connection string, kept parsed and with a printable form that
 /// never reveals the password.
@@ -61,10 +62,28 @@ impl FromStr for DatabaseUrl {
             }
             None => return Err(format!("'{masked}' is not a URL; {EXPECTED}")),
         }
-        let config = tokio_postgres::Config::from_str(raw)
+        // Checked before the driver parses it: its error names the option but
+        // neither the value nor which values it supports.
+        let target_session_attrs = url_parameter(raw, "target_session_attrs");
+        if let Some(asked) = &target_session_attrs
+            && !matches!(asked.as_str(), "read-write" | "any")
+        {
+            return Err(format!(
+                "'{masked}' asks for target_session_attrs={asked}; use read-write \
+                 (the default when the URL lists several hosts) or any: claims need a \
+                 server that accepts writes, and the driver does not support libpq's \
+                 primary, standby or prefer-standby"
+            ));
+        }
+        let mut config = tokio_postgres::Config::from_str(raw)
             .map_err(|err| format!("'{masked}' cannot be parsed ({err}); {EXPECTED}"))?;
         if config.get_hosts().is_empty() {
             return Err(format!("'{masked}' names no host; {EXPECTED}"));
+        }
+        // Several hosts are a primary and its standbys: connect to the one that
+        // accepts writes (libpq tries them in order), whichever was promoted.
+        if config.get_hosts().len() > 1 && target_session_attrs.is_none() {
+            config.target_session_attrs(TargetSessionAttrs::ReadWrite);
         }
         Ok(Self {
             config: std::sync::Arc::new(config),
@@ -72,6 +91,19 @@ impl FromStr for DatabaseUrl {
             masked,
         })
     }
+}
+
+/// The value of the query parameter `name` of a `postgresql://` URL, decoded;
+/// the last one if it is repeated (as the driver reads it).
+fn url_parameter(raw: &str, name: &str) -> Option<String> {
+    let rest = raw.split_once("://").map_or(raw, |(_, rest)| rest);
+    // As the driver reads it: the user-info ends at the first '@'.
+    let rest = rest.split_once('@').map_or(rest, |(_, rest)| rest);
+    let (_, query) = rest.split_once('?')?;
+    url::form_urlencoded::parse(query.as_bytes())
+        .filter(|(key, _)| key == name)
+        .map(|(_, value)| value.into_owned())
+        .last()
 }
 
 /// The RabbitMQ broker: one `amqp://` URL, or a comma-separated list of the
@@ -496,6 +528,61 @@ mod tests {
         let ok: DatabaseUrl = "postgresql://u:secret@h:5433/db".parse().unwrap();
         assert_eq!(ok.config().get_ports(), &[5433]);
         assert_eq!(format!("{ok:?}"), "postgresql://u:****@h:5433/db");
+    }
+
+    #[test]
+    fn a_database_url_listing_several_hosts_connects_to_the_one_that_accepts_writes() {
+        let url: DatabaseUrl = "postgresql://u:secret@pg1:5432,pg2:5433/db"
+            .parse()
+            .unwrap();
+        assert_eq!(url.config().get_ports(), &[5432, 5433]);
+        assert_eq!(
+            url.config().get_target_session_attrs(),
+            TargetSessionAttrs::ReadWrite
+        );
+        // One host: no extra round trip per connection unless asked for.
+        let url: DatabaseUrl = "postgresql://u@pg1/db".parse().unwrap();
+        assert_eq!(
+            url.config().get_target_session_attrs(),
+            TargetSessionAttrs::Any
+        );
+        let url: DatabaseUrl = "postgresql://u@pg1/db?target_session_attrs=read-write"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            url.config().get_target_session_attrs(),
+            TargetSessionAttrs::ReadWrite
+        );
+        // Asked for explicitly, any stays any.
+        let url: DatabaseUrl =
+            "postgresql://u@pg1,pg2/db?connect_timeout=3&target_session_attrs=any"
+                .parse()
+                .unwrap();
+        assert_eq!(
+            url.config().get_target_session_attrs(),
+            TargetSessionAttrs::Any
+        );
+    }
+
+    #[test]
+    fn a_database_url_asking_for_a_standby_or_a_libpq_only_mode_is_refused_by_name() {
+        for asked in [
+            "primary",
+            "standby",
+            "prefer-standby",
+            "read-only",
+            "nonsense",
+        ] {
+            let err = format!("postgresql://u:secret@pg1,pg2/db?target_session_attrs={asked}")
+                .parse::<DatabaseUrl>()
+                .unwrap_err();
+            assert!(
+                err.contains(&format!("target_session_attrs={asked}"))
+                    && err.contains("use read-write")
+                    && !err.contains("secret"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

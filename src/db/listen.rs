@@ -65,11 +65,12 @@ impl ListenConnector for PgListenConnector {
             .keepalives_interval(Duration::from_secs(5))
             .keepalives_retries(3)
             .tcp_user_timeout(Duration::from_secs(20));
+        let bound = super::connect_bound(&config, timeout);
         let (client, mut connection) =
-            match tokio::time::timeout(timeout, config.connect(NoTls)).await {
+            match tokio::time::timeout(bound, config.connect(NoTls)).await {
                 Ok(Ok(pair)) => pair,
                 Ok(Err(err)) => return Err(super::connect_error(&config, err).into()),
-                Err(_) => return Err(super::connect_timed_out(&config, timeout).into()),
+                Err(_) => return Err(super::connect_timed_out(&config, bound).into()),
             };
         let kinds = self.kinds.clone();
         let driver = tokio::spawn(async move {

@@ -10,6 +10,9 @@
 //! `fsync=off` (safe against a crash of the server, which is all these tests
 //! cause; commits stay synchronous, so nothing committed is lost).
 //!
+//! A cluster can also be a streaming standby of another
+//! ([`PrivatePg::standby_of`]), made synchronous and promoted, for failover.
+//!
 //! Dropping the guard stops the server immediately (killing the postmaster if
 //! `pg_ctl` cannot) and removes the directory, also when the test panics.
 
@@ -34,21 +37,7 @@ pub struct PrivatePg {
 impl PrivatePg {
     /// A new cluster, started and migrated.
     pub async fn start() -> Self {
-        let bin = postgres_bin();
-        let run_as = (current_uid() == 0).then(|| "postgres".to_owned());
-        let dir = std::env::temp_dir().join(format!("ns-pg-{}", Uuid::new_v4().simple()));
-        std::fs::create_dir(&dir).expect("create the cluster directory");
-        let cluster = Self {
-            port: free_port(),
-            dir,
-            bin,
-            run_as,
-        };
-        if let Some(user) = &cluster.run_as {
-            let (uid, gid) = user_ids(user);
-            std::os::unix::fs::chown(&cluster.dir, Some(uid), Some(gid))
-                .expect("give the cluster directory to the postgres user");
-        }
+        let cluster = Self::unborn();
         cluster
             .run(
                 "initdb",
@@ -73,6 +62,108 @@ impl PrivatePg {
             .await
             .expect("migrations apply to the private cluster");
         cluster
+    }
+
+    /// A directory and a port for a cluster, nothing in it yet.
+    fn unborn() -> Self {
+        let run_as = (current_uid() == 0).then(|| "postgres".to_owned());
+        let dir = std::env::temp_dir().join(format!("ns-pg-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir(&dir).expect("create the cluster directory");
+        let cluster = Self {
+            port: free_port(),
+            dir,
+            bin: postgres_bin(),
+            run_as,
+        };
+        if let Some(user) = &cluster.run_as {
+            let (uid, gid) = user_ids(user);
+            std::os::unix::fs::chown(&cluster.dir, Some(uid), Some(gid))
+                .expect("give the cluster directory to the postgres user");
+        }
+        cluster
+    }
+
+    /// A hot standby of `primary`, streaming its WAL, started. Its data
+    /// (schema included) is a base backup of the primary's.
+    pub async fn standby_of(primary: &PrivatePg) -> Self {
+        let standby = Self::unborn();
+        // -R writes standby.signal and the primary's address; initdb's
+        // pg_hba.conf trusts local replication connections.
+        standby
+            .run(
+                "pg_basebackup",
+                &[
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &primary.port.to_string(),
+                    "-U",
+                    "postgres",
+                    "-D",
+                    &standby.data().display().to_string(),
+                    "-X",
+                    "stream",
+                    "-R",
+                    "--no-sync",
+                ],
+            )
+            .await;
+        standby.start_again().await;
+        standby
+    }
+
+    /// Makes every commit on this primary wait until its standby has the
+    /// commit record on disk (`synchronous_standby_names = '*'`), and waits
+    /// until a standby streams synchronously: then no commit the primary
+    /// acknowledged is lost when the standby takes over.
+    pub async fn require_synchronous_standby(&self) {
+        let client = self.client().await;
+        // Two statements: ALTER SYSTEM refuses the implicit transaction of a batch.
+        for statement in [
+            "ALTER SYSTEM SET synchronous_standby_names = '*'",
+            "SELECT pg_reload_conf()",
+        ] {
+            client
+                .batch_execute(statement)
+                .await
+                .expect("make the standby synchronous");
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let synchronous: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'",
+                    &[],
+                )
+                .await
+                .expect("read pg_stat_replication")
+                .get(0);
+            if synchronous > 0 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no standby became synchronous; server log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Promotes this standby to a primary and waits until it accepts writes.
+    pub async fn promote(&self) {
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data().display().to_string(),
+                "-w",
+                "-t",
+                "60",
+                "promote",
+            ],
+        )
+        .await;
     }
 
     /// postgresql:// URL of the cluster's `postgres` database.
