@@ -1,6 +1,7 @@
 //! The clustered servers production runs, started by the tests on this
-//! machine: a three-node RabbitMQ cluster with a quorum queue. Faults here
-//! kill a node under the daemon; the shared servers never see them.
+//! machine: a three-node RabbitMQ cluster with a quorum queue, and a
+//! PostgreSQL primary with a standby. Faults here kill a node under the
+//! daemon or its replicas; the shared servers never see them.
 //!
 //! These tests start servers and drain backlogs, so nextest runs them one at a
 //! time with the other such tests (test group `private-servers` in
@@ -12,6 +13,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use common::TestDb;
+use common::private_pg::PrivatePg;
 use common::private_rabbit::{DurableQueue, PrivateRabbit};
 use common::process::{free_port, spawn_followed, terminate};
 use common::rig::{all_sent, assert_within_window, broker_ready, drain_settings, overriding};
@@ -209,4 +211,102 @@ async fn a_cluster_node_killed_under_the_daemon_loses_nothing() {
         latest * 1000.0
     );
     terminate(&mut daemon, &log).await;
+}
+
+/// What /readyz on `port` says of the LISTEN connection (which reconnects
+/// whatever the broker does), if it answers.
+async fn listener_detail(port: u16) -> Option<String> {
+    let response = reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+        .await
+        .ok()?;
+    let body: serde_json::Value = response.json().await.ok()?;
+    body["listener"]["detail"].as_str().map(str::to_owned)
+}
+
+/// Three daemon replicas given every node of a three-node RabbitMQ cluster
+/// (a quorum queue bound) and a PostgreSQL primary with a synchronous
+/// standby. During a 30,000-reminder drain the primary crashes and, at the
+/// same moment, a RabbitMQ node the replicas use is killed; the standby is
+/// promoted once every replica has found it read-only. Every reminder is
+/// delivered, none early, and the repeats stay within the window of each
+/// replica for each of the two faults.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_live_through_a_broker_node_kill_and_a_database_failover_at_once() {
+    const REPLICAS: usize = 3;
+    let (mut nodes, primary) = tokio::join!(PrivateRabbit::start_cluster(3), PrivatePg::start());
+    let standby = PrivatePg::standby_of(&primary).await;
+    primary.require_synchronous_standby().await;
+    let exchange = format!("test.{}", Uuid::new_v4().simple());
+    let queue = nodes[0].quorum_queue(&exchange).await;
+    replicated_on_all(&nodes, &queue).await;
+    let both = format!(
+        "postgresql://postgres@127.0.0.1:{},127.0.0.1:{}/postgres",
+        primary.port, standby.port
+    );
+    let broker = PrivateRabbit::nodes_broker(&nodes.iter().collect::<Vec<_>>(), &exchange);
+    let settings = overriding(
+        &drain_settings(),
+        &[
+            ("--rabbitmq-confirm-timeout", "3s"),
+            ("--claim-timeout", "6s"),
+        ],
+    );
+    let ports: Vec<u16> = (0..REPLICAS).map(|_| free_port()).collect();
+    let mut replicas: Vec<_> = ports
+        .iter()
+        .map(|&port| spawn_followed(&both, &broker, port, &settings))
+        .collect();
+    for &port in &ports {
+        wait_for(
+            "every replica to be ready",
+            Duration::from_secs(20),
+            || async { broker_ready(port).await == Some(true) },
+        )
+        .await;
+    }
+
+    let victim = connected_node(&nodes).await;
+    let client = primary.client().await;
+    backlog(&client, 30_000).await;
+    let expected = written_since(&client, &mut HashSet::new()).await;
+    sent_at_least(&client, 2_000).await;
+    nodes[victim].kill();
+    primary.stop("immediate").await;
+    let crashed = Instant::now();
+    for &port in &ports {
+        wait_for(
+            "every replica to find the standby read-only",
+            Duration::from_secs(20),
+            || async {
+                listener_detail(port)
+                    .await
+                    .is_some_and(|detail| detail.contains("read-only"))
+            },
+        )
+        .await;
+    }
+    let client = standby.client().await;
+    let unsent = count(&client, "NOT sent").await;
+    assert!(unsent > 0, "the drain was over before the faults");
+    standby.promote().await;
+    let promoted = Instant::now();
+    all_sent(&client, Duration::from_secs(120)).await;
+    eprintln!(
+        "{REPLICAS} replicas: {unsent} of 30000 unsent at the faults; all sent {:?} after the \
+         promotion ({:?} after the faults)",
+        promoted.elapsed(),
+        crashed.elapsed()
+    );
+    let survivor = connected_node(&nodes).await;
+    let received = nodes[survivor]
+        .drain_queue(&queue, Duration::from_secs(1))
+        .await;
+    assert_within_window(
+        account(&received, &expected),
+        2 * REPLICAS,
+        "three replicas, a broker node killed and the primary crashed at once",
+    );
+    for (daemon, log) in &mut replicas {
+        terminate(daemon, log).await;
+    }
 }
