@@ -631,7 +631,7 @@ cat <<SUMMARY
                  [ -n "$(podman image inspect --format '{{index .Labels "'"$label.stand-in"'"}}' "$debian_ref" 2>/dev/null | sed 's/<no value>//')" ] && printf ', a stand-in'))
   build          ${build_seconds} s
   daemon         podman run to healthy: ${healthy_seconds} s (second container ${healthy2_seconds} s)
-                 resident: ${idle_rss} MiB started, peak ${busy_rss} MiB delivering, peak ${drain_rss} MiB after a ${stop_rows}-reminder backlog
+                 resident: ${idle_rss} MiB started, peak ${busy_rss} MiB delivering, peak ${drain_rss} MiB after draining the $((stop_rows - published_at_stop)) left by the stop
   SIGTERM        exit 0 in ${stop_seconds} s (SHUTDOWN_GRACE ${grace_seconds} s), ${published_at_stop}/${stop_rows} published at the stop, settled
   kill -9        at ${published_at_kill}/${kill_rows} published; back and healthy in ${back_seconds} s; ${kill_rows} + ${late_rows} delivered, ${duplicates} twice
   api            podman run to healthy: ${api_healthy_seconds} s, resident ${api_rss} MiB
