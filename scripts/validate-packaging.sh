@@ -4,7 +4,8 @@
 # configuration, and the metric names: those the dashboard queries and those
 # the instruments in src/ and actors/src/ get from the collector must both be
 # the contract listed below (COUNTERS, GAUGES, HISTOGRAMS). Images are not
-# built and no container is started (CI has no engine).
+# built and no container is started here: scripts/image-test.sh does that,
+# with podman.
 #
 # Usage: scripts/validate-packaging.sh
 #
@@ -542,7 +543,7 @@ fi
 # ---------------------------------------------------------------- summary ---
 printf '\n[validate] summary: %d checks ok, %d failed, %d skipped\n' "${#passed[@]}" "${#failed[@]}" "${#skipped[@]}"
 for item in "${skipped[@]}"; do printf '[validate] skipped: %s\n' "$item"; done
-printf '[validate] not validated here: building the image and running the stack (no Docker engine)\n'
+printf '[validate] not validated here: building the image and running it (scripts/image-test.sh)\n'
 if [ "${#failed[@]}" -gt 0 ]; then
   for item in "${failed[@]}"; do printf '[validate] failed: %s\n' "$item" >&2; done
   exit 1
