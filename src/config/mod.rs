@@ -236,7 +236,8 @@ pub struct DaemonArgs {
     #[arg(long, env = "RETENTION", default_value = "7d", value_parser = parse::duration)]
     pub retention: Duration,
 
-    /// Period of the retention sweep.
+    /// Period of the retention sweep. The first sweep runs one period after
+    /// start, leaving a starting daemon's backlog the whole database.
     #[arg(long, env = "RETENTION_INTERVAL", default_value = "10m", value_parser = parse::positive_duration)]
     pub retention_interval: Duration,
 
