@@ -3,23 +3,8 @@
 
 pub mod common;
 
-use common::schedule::{count, start_daemon, wait_for_count};
+use common::schedule::{count, insert_reminders, start_daemon, wait_for_count};
 use common::{TestBroker, TestDb};
-
-/// Inserts `count` rows with the given state, each for its own game.
-async fn rows(client: &tokio_postgres::Client, count: i64, columns: &str) {
-    client
-        .batch_execute(&format!(
-            "WITH games AS (
-                 INSERT INTO game_sessions (title, scheduled_at)
-                 SELECT 'retention', now() + interval '2 hours' FROM generate_series(1, {count})
-                 RETURNING id)
-             INSERT INTO notification_schedule (game_id, reminder_minutes, notification_time, sent, sent_at)
-             SELECT id, 60, {columns} FROM games"
-        ))
-        .await
-        .expect("insert rows");
-}
 
 #[tokio::test]
 async fn sent_rows_past_the_retention_are_deleted_and_nothing_else() {
@@ -27,20 +12,20 @@ async fn sent_rows_past_the_retention_are_deleted_and_nothing_else() {
     let client = db.client().await;
     // More than one delete batch of old rows, plus rows of older daemons that
     // recorded no sent_at.
-    rows(
+    insert_reminders(
         &client,
         2_500,
         "now() - interval '9 days', true, now() - interval '8 days'",
     )
     .await;
-    rows(&client, 10, "now() - interval '9 days', true, NULL").await;
-    rows(
+    insert_reminders(&client, 10, "now() - interval '9 days', true, NULL").await;
+    insert_reminders(
         &client,
         20,
         "now() - interval '2 hours', true, now() - interval '1 hour'",
     )
     .await;
-    rows(&client, 30, "now() + interval '1 hour', false, NULL").await;
+    insert_reminders(&client, 30, "now() + interval '1 hour', false, NULL").await;
     let old = "sent AND coalesce(sent_at, notification_time) < now() - interval '7 days'";
 
     // A row someone holds (an operator's transaction) must not stall the sweep.
@@ -71,7 +56,7 @@ async fn sent_rows_past_the_retention_are_deleted_and_nothing_else() {
 async fn a_retention_of_zero_keeps_every_row() {
     let (db, broker) = (TestDb::migrated().await, TestBroker::new().await);
     let client = db.client().await;
-    rows(
+    insert_reminders(
         &client,
         5,
         "now() - interval '400 days', true, now() - interval '400 days'",

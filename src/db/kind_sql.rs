@@ -146,28 +146,95 @@ pub fn next_due<'a>(kinds: impl IntoIterator<Item = &'a Kind>) -> String {
     )
 }
 
-/// Pending rows of `kind`, how many are overdue, seconds until the earliest
-/// (one scan of the partial index on pending rows), and how many are dead
-/// letters (from their own small index): the gauges.
-pub fn observe(kind: &Kind) -> String {
-    let Kind {
-        table,
-        time_column: time,
-        progress,
-        ..
-    } = kind;
-    let pending = progress.pending();
+/// Up to how many rows the schedule gauges count exactly; past it they
+/// report the planner's estimate, so that observing a schedule of any size
+/// reads a bounded number of rows.
+pub const OBSERVE_EXACT_UP_TO: i64 = 10_000;
+
+/// One row per kind of `kinds`: its name, pending rows, how many are overdue,
+/// seconds until the earliest, and how many are dead letters (the gauges).
+///
+/// Nothing here reads more than about [`OBSERVE_EXACT_UP_TO`] rows of a
+/// table. The pending rows are estimated first and counted only when the
+/// estimate is within the bound: counting a large schedule every few seconds
+/// was the largest load an idle daemon put on its database. Overdue rows and
+/// dead letters, normally few, are counted up to the bound from their
+/// indexes, and estimated past it. The earliest time is one entry of the
+/// pending index.
+pub fn observe<'a>(kinds: impl IntoIterator<Item = &'a Kind>) -> String {
+    let rows: Vec<String> = kinds
+        .into_iter()
+        .map(|kind| {
+            let Kind {
+                name,
+                table,
+                time_column: time,
+                progress,
+                ..
+            } = kind;
+            let pending = progress.pending();
+            let overdue = format!("{pending} AND {time} <= statement_timestamp()");
+            format!(
+                "SELECT '{name}'::text AS kind, \
+                        CASE WHEN next_due_s IS NULL THEN 0 ELSE {pending_rows} END AS pending, \
+                        {overdue_rows} AS overdue, next_due_s, {dead_rows} AS dead_lettered \
+                   FROM (SELECT extract(epoch FROM min({time}) - clock_timestamp())::float8 AS next_due_s \
+                           FROM {table} WHERE {pending}) AS earliest",
+                pending_rows = estimated_then_counted(table, &pending),
+                overdue_rows = counted_then_estimated(table, &overdue),
+                dead_rows = counted_then_estimated(table, "dead_lettered_at IS NOT NULL"),
+            )
+        })
+        .collect();
+    rows.join(" UNION ALL ")
+}
+
+/// Rows of `table` matching `condition`, counted up to one past the bound.
+fn bounded_count(table: &str, condition: &str) -> String {
     format!(
-        "SELECT count(*)::bigint, \
-                count(*) FILTER (WHERE {time} <= clock_timestamp())::bigint, \
-                extract(epoch FROM min({time}) - clock_timestamp())::float8, \
-                (SELECT count(*) FROM {table} WHERE dead_lettered_at IS NOT NULL)::bigint \
-           FROM {table} WHERE {pending}"
+        "(SELECT count(*) FROM (SELECT 1 FROM {table} WHERE {condition} \
+           LIMIT {limit}) AS bounded)",
+        limit = OBSERVE_EXACT_UP_TO + 1
+    )
+}
+
+/// The planner's estimate of the rows of `table` matching `condition`
+/// (migrations/0008_idle_cost.sql).
+fn row_estimate(table: &str, condition: &str) -> String {
+    format!(
+        "notification_scheduler_row_estimate($estimate$SELECT 1 FROM {table} WHERE {condition}$estimate$)"
+    )
+}
+
+/// Exact up to the bound, the estimate past it (never below the count).
+fn counted_then_estimated(table: &str, condition: &str) -> String {
+    format!(
+        "(SELECT CASE WHEN counted > {bound} THEN greatest(counted, {estimate}) ELSE counted END \
+            FROM (SELECT {count} AS counted) AS c)",
+        bound = OBSERVE_EXACT_UP_TO,
+        count = bounded_count(table, condition),
+        estimate = row_estimate(table, condition),
+    )
+}
+
+/// The estimate when it is past the bound; otherwise the count, up to one
+/// past the bound (then the statistics are behind the table).
+fn estimated_then_counted(table: &str, condition: &str) -> String {
+    format!(
+        "(SELECT CASE WHEN estimated > {bound} THEN estimated ELSE {count} END \
+            FROM (SELECT {estimate} AS estimated) AS e)",
+        bound = OBSERVE_EXACT_UP_TO,
+        count = bounded_count(table, condition),
+        estimate = row_estimate(table, condition),
     )
 }
 
 /// Deletes up to `$2` dealt-with rows of `kind` older than `$1` seconds
-/// (the retention sweep); rows others have locked are skipped.
+/// (the retention sweep), oldest first; rows others have locked are skipped.
+/// It reads the index of finished rows by the time it compares
+/// (migrations/0008_idle_cost.sql), so a sweep with nothing to delete reads
+/// nothing however many rows are pending: the expression and the condition
+/// here are the index's.
 pub fn delete_expired(kind: &Kind) -> String {
     let Kind {
         table,
@@ -181,7 +248,8 @@ pub fn delete_expired(kind: &Kind) -> String {
         "DELETE FROM {table} \
           WHERE ctid = ANY (ARRAY( \
                 SELECT ctid FROM {table} \
-                 WHERE {done} AND coalesce({done_at}, {time}) < clock_timestamp() - make_interval(secs => $1) \
+                 WHERE {done} AND coalesce({done_at}, {time}) < statement_timestamp() - make_interval(secs => $1) \
+                 ORDER BY coalesce({done_at}, {time}) \
                  LIMIT $2 FOR UPDATE SKIP LOCKED))"
     )
 }

@@ -44,6 +44,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(5, "0005_game_status_schedule"),
     migration!(6, "0006_scheduled_message"),
     migration!(7, "0007_delivery_attempts"),
+    migration!(8, "0008_idle_cost"),
 ];
 
 /// Key of the advisory lock held while migrating ("notifsch" in ASCII).

@@ -21,6 +21,23 @@ pub struct Reminder {
     pub at: DateTime<Utc>,
 }
 
+/// Inserts `count` reminders, each for its own game starting in 30 days, with
+/// `values` (SQL) for their `notification_time, sent, sent_at`: many rows in
+/// one statement, for tests of what the daemon reads or deletes.
+pub async fn insert_reminders(client: &tokio_postgres::Client, count: i64, values: &str) {
+    client
+        .batch_execute(&format!(
+            "WITH games AS (
+                 INSERT INTO game_sessions (title, scheduled_at)
+                 SELECT 'bulk', now() + interval '30 days' FROM generate_series(1, {count})
+                 RETURNING id)
+             INSERT INTO notification_schedule (game_id, reminder_minutes, notification_time, sent, sent_at)
+             SELECT id, 60, {values} FROM games"
+        ))
+        .await
+        .expect("insert reminders");
+}
+
 /// Creates a game starting `starts_in_ms` from the database's now, and one
 /// reminder per offset in milliseconds from now (negative: overdue).
 pub async fn schedule(

@@ -97,27 +97,38 @@ pub fn register() {
     });
 }
 
+/// Observes every kind with one statement (docs/scaling.md, "Idle cost").
 pub async fn run(pool: Pool) {
+    static OBSERVE: OnceLock<String> = OnceLock::new();
     let Some(client) = super::connection(&pool, "observe").await else {
         return;
     };
-    for kind in kinds::ALL {
-        match client.query_one(&kind_sql::observe(kind), &[]).await {
-            Ok(row) => {
-                let observation = Observation {
-                    pending: row.get::<_, i64>(0).unsigned_abs(),
-                    overdue: row.get::<_, i64>(1).unsigned_abs(),
-                    next_due_s: row.get(2),
-                    dead_lettered: row.get::<_, i64>(3).unsigned_abs(),
-                };
-                LATEST
-                    .lock()
-                    .unwrap_or_else(|poison| poison.into_inner())
-                    .insert(kind.name, observation);
-            }
-            Err(err) => {
-                tracing::debug!(kind = kind.name, error = %err, "observing the schedule failed")
-            }
+    let sql = OBSERVE.get_or_init(|| kind_sql::observe(kinds::ALL));
+    let rows = async {
+        let statement = client.prepare_cached(sql).await?;
+        client.query(&statement, &[]).await
+    };
+    let rows = match rows.await {
+        Ok(rows) => rows,
+        Err(err) => {
+            tracing::debug!(error = %crate::db::describe(&err), "observing the schedule failed");
+            return;
         }
+    };
+    let mut latest = LATEST.lock().unwrap_or_else(|poison| poison.into_inner());
+    for row in rows {
+        let name: &str = row.get("kind");
+        let Some(kind) = kinds::by_name(name) else {
+            continue;
+        };
+        latest.insert(
+            kind.name,
+            Observation {
+                pending: row.get::<_, i64>("pending").unsigned_abs(),
+                overdue: row.get::<_, i64>("overdue").unsigned_abs(),
+                next_due_s: row.get("next_due_s"),
+                dead_lettered: row.get::<_, i64>("dead_lettered").unsigned_abs(),
+            },
+        );
     }
 }

@@ -1,10 +1,12 @@
 //! Deletes delivered and skipped rows of every kind older than the retention,
-//! a small batch per transaction, skipping rows others have locked: it never
-//! holds up a claim.
+//! a small batch per transaction, oldest first, skipping rows others have
+//! locked: it never holds up a claim.
 //!
-//! Rows marked sent by older daemons have no sent_at; their due time stands in. There is deliberately no index for this: the sweep runs every few
-//! minutes off the delivery path, while an index on sent rows would cost every
-//! claim an extra index write.
+//! It finds them through each table's index of finished rows
+//! (migrations/0008_idle_cost.sql), so a sweep reads the rows it deletes and
+//! not the pending ones: its cost follows what delivery finished, not the size
+//! of the schedule. Rows marked sent by older daemons have no sent_at; their
+//! due time stands in.
 
 use std::time::Duration;
 
@@ -39,12 +41,15 @@ pub async fn run(pool: Pool, retention: Duration) {
 /// Deletes every dealt-with row of `kind` older than `retention`, batch by
 /// batch; returns how many it deleted.
 async fn sweep(
-    client: &tokio_postgres::Client,
+    client: &deadpool_postgres::Client,
     kind: &Kind,
     retention: Duration,
 ) -> Result<u64, tokio_postgres::Error> {
     let seconds = retention.as_secs_f64();
-    let statement = client.prepare(&kind_sql::delete_expired(kind)).await?;
+    // Cached on the connection: preparing is a transaction of its own.
+    let statement = client
+        .prepare_cached(&kind_sql::delete_expired(kind))
+        .await?;
     let mut deleted = 0;
     loop {
         let batch = client
