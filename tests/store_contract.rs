@@ -98,3 +98,35 @@ impl ContractFixture for PgFixture {
 }
 
 actors::store_contract_tests!(PgFixture::new().await);
+
+/// An empty claim ends its transaction and returns its connection to the
+/// pool: the next query must not wait for a new connection and cold caches.
+#[tokio::test]
+async fn an_empty_claim_keeps_its_connection_in_the_pool() {
+    use actors::ports::{Claim, ScheduleStore};
+
+    let fixture = PgFixture::new().await;
+    let store = fixture.store();
+    let backends = "SELECT coalesce(array_agg(pid ORDER BY pid), '{}') FROM pg_stat_activity \
+                     WHERE datname = current_database() AND application_name = 'notification-scheduler'";
+    drop(store.claim_due(10).await.expect("an empty claim"));
+    let first: Vec<i32> = fixture
+        .client
+        .query_one(backends, &[])
+        .await
+        .unwrap()
+        .get(0);
+    for _ in 0..5 {
+        let claim = store.claim_due(10).await.expect("an empty claim");
+        assert!(claim.events().is_empty());
+        drop(claim);
+    }
+    let after: Vec<i32> = fixture
+        .client
+        .query_one(backends, &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(first.len(), 1, "one connection for sequential claims");
+    assert_eq!(first, after, "the same connection serves every empty claim");
+}
