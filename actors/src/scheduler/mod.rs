@@ -10,6 +10,7 @@
 //! new incarnation starts with a round, so nothing is lost.
 
 mod round;
+mod timer;
 
 use std::marker::PhantomData;
 use std::time::Duration;
@@ -99,7 +100,7 @@ pub struct SchedulerArgs<S> {
 struct Armed {
     /// Notification time of the reminder it is for (database clock).
     due_at: DateTime<Utc>,
-    timer: JoinHandle<Result<(), ractor::MessagingErr<SchedulerMessage>>>,
+    timer: JoinHandle<()>,
 }
 
 /// State of a running [`SchedulerActor`].
@@ -200,7 +201,9 @@ impl<S: ScheduleStore> SchedulerState<S> {
         self.disarm();
         self.generation += 1;
         let generation = self.generation;
-        let timer = myself.send_after(delay, move || SchedulerMessage::Deadline(generation));
+        let timer = timer::send_after(myself.clone(), delay, move || {
+            SchedulerMessage::Deadline(generation)
+        });
         self.armed = Some(Armed { due_at, timer });
     }
 

@@ -56,6 +56,12 @@ impl RoundOutcome {
     }
 }
 
+/// Most rows the first claim of a round takes; each full claim doubles it up
+/// to the batch size. Marking a row costs the database about 17 µs, so a
+/// round that started with a full batch of many rows due at one instant
+/// published its first message only after marking them all (21 ms for 500).
+const FIRST_CLAIM: usize = 32;
+
 /// Batches claimed and not yet settled: at most `capacity` at once, and the ids
 /// they hold, which the next-due query must look past.
 #[derive(Clone)]
@@ -109,6 +115,7 @@ impl<S: ScheduleStore> RoundContext<S> {
         let round = tracing::Span::current();
         let mut last_claim_was_empty = false;
         let mut totals = RoundTotals::default();
+        let mut limit = self.batch_size.min(FIRST_CLAIM);
         loop {
             let Some(permit) = self.permit_to_claim().await else {
                 return Ok(totals.finish(&round, RoundOutcome::Stopped));
@@ -119,7 +126,7 @@ impl<S: ScheduleStore> RoundContext<S> {
             let claim_span = tracing::info_span!("claim", batch.size = tracing::field::Empty);
             let claim = self
                 .store
-                .claim_due(self.batch_size)
+                .claim_due(limit)
                 .instrument(claim_span.clone())
                 .await?;
             let claimed = claim.events().len();
@@ -131,8 +138,9 @@ impl<S: ScheduleStore> RoundContext<S> {
             }
             // Each kind may fill its own limit: a full claim of any size means
             // more may be due.
-            if claimed >= self.batch_size {
+            if claimed >= limit {
                 last_claim_was_empty = false;
+                limit = (limit * 2).min(self.batch_size);
                 continue;
             }
             let next_due = self
