@@ -29,6 +29,8 @@ pub enum PublisherMessage {
     /// From a settling batch: the broker left it unanswered for the whole
     /// confirm timeout, so the connection is presumed dead.
     ConfirmsTimedOut,
+    /// From a settling batch: the broker refused every message of it.
+    BatchRefused(usize),
 }
 
 /// Why the [`PublisherActor`] failed; its supervisor reconnects it.
@@ -38,6 +40,8 @@ pub enum PublisherError {
     Lost(String),
     #[error("the broker left a batch unconfirmed for {0:?}; reconnecting")]
     ConfirmsTimedOut(Duration),
+    #[error("the broker refused all {0} messages of a batch; reconnecting")]
+    BatchRefused(usize),
 }
 
 /// Start-up arguments of the [`PublisherActor`].
@@ -85,7 +89,11 @@ impl PublisherHandle {
 
     /// Waits for the confirms of `count` published messages. If the broker
     /// leaves them unanswered for the confirm timeout, the publisher is told
-    /// (it reconnects) and every outcome is unknown.
+    /// (it reconnects) and every outcome is unknown. If it refuses every one,
+    /// the publisher is told too and reconnects: a channel that published to a
+    /// quorum queue while its leader moved can go on being refused for good
+    /// (seen with RabbitMQ 3.10), while a new channel is accepted. The refused
+    /// rows are retried after their delay either way.
     pub async fn confirmed(
         &self,
         confirms: PendingConfirms,
@@ -116,6 +124,15 @@ impl PublisherHandle {
             .filter(|outcome| **outcome == PublishOutcome::Confirmed)
             .count();
         span.record("confirmed", confirmed);
+        if !outcomes.is_empty()
+            && outcomes
+                .iter()
+                .all(|outcome| *outcome == PublishOutcome::Nacked)
+        {
+            let _ = self
+                .actor
+                .send_message(PublisherMessage::BatchRefused(outcomes.len()));
+        }
         outcomes
     }
 }
@@ -188,6 +205,9 @@ impl<C: BrokerConnector> Actor for PublisherActor<C> {
             }
             PublisherMessage::ConfirmsTimedOut => {
                 return Err(PublisherError::ConfirmsTimedOut(state.confirm_timeout).into());
+            }
+            PublisherMessage::BatchRefused(count) => {
+                return Err(PublisherError::BatchRefused(count).into());
             }
         }
         Ok(())

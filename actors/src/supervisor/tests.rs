@@ -7,6 +7,7 @@ use ractor::{Actor, ActorRef, ActorStatus};
 use tokio::sync::watch;
 
 use super::*;
+use crate::model::PublishOutcome;
 use crate::ports::{BrokerEvent, ListenEvent};
 use crate::testing::{Disposition, advance_until};
 use crate::testing::{FakeBroker, FakeFeed, FakeStore};
@@ -104,6 +105,18 @@ async fn a_lost_broker_connection_is_replaced() {
         h.store.row(due).done == Some(Disposition::Published)
     })
     .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_refused_whole_replaces_the_broker_session_and_is_retried() {
+    let h = start(|store, broker| {
+        store.insert_overdue(Duration::from_secs(1), None);
+        broker.script([PublishOutcome::Nacked]);
+    })
+    .await;
+    advance_until(Duration::from_secs(5), || h.broker.connects() == 2).await;
+    advance_until(Duration::from_secs(30), || h.store.pending() == 0).await;
+    assert_eq!(h.broker.connects(), 2, "one refused batch, one new session");
 }
 
 #[tokio::test(start_paused = true)]
