@@ -181,6 +181,96 @@ impl BenchEnv {
     }
 }
 
+impl BenchEnv {
+    /// Makes the bench's own session report its counters to the server now,
+    /// so that they do not land in a measured window; returns its pid.
+    pub async fn flush_own_counters(&self) -> anyhow::Result<i32> {
+        Ok(self
+            .client
+            .query_one(
+                "SELECT pg_backend_pid() FROM (SELECT pg_stat_force_next_flush()) AS flushed",
+                &[],
+            )
+            .await?
+            .get(0))
+    }
+}
+
+/// The server's counters for one database (pg_stat_database).
+pub struct Counters {
+    /// Transactions committed or rolled back.
+    pub transactions: i64,
+    /// Rows and index entries read (tup_returned and tup_fetched).
+    pub tuples_read: i64,
+}
+
+/// The counters of `database`, read from `admin`, a session on another
+/// database of the server (so that reading them adds nothing).
+pub async fn counters(admin: &tokio_postgres::Client, database: &str) -> anyhow::Result<Counters> {
+    let row = admin
+        .query_one(
+            "SELECT xact_commit + xact_rollback, tup_returned + tup_fetched \
+               FROM pg_stat_database WHERE datname = $1",
+            &[&database],
+        )
+        .await?;
+    Ok(Counters {
+        transactions: row.get(0),
+        tuples_read: row.get(1),
+    })
+}
+
+/// The pids of the sessions on `database` other than `own_pid` (the
+/// daemons').
+pub async fn sessions(
+    admin: &tokio_postgres::Client,
+    database: &str,
+    own_pid: i32,
+) -> anyhow::Result<Vec<i32>> {
+    let rows = admin
+        .query(
+            "SELECT pid FROM pg_stat_activity \
+              WHERE datname = $1 AND pid <> $2 AND backend_type = 'client backend'",
+            &[&database, &own_pid],
+        )
+        .await?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
+}
+
+/// Waits until no session but the bench's own (`own_pid`) is left on
+/// `database`: the daemons' have exited and reported their counters.
+pub async fn sessions_gone(
+    admin: &tokio_postgres::Client,
+    database: &str,
+    own_pid: i32,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let others = sessions(admin, database, own_pid).await?;
+        if others.is_empty() {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{} daemon sessions were still open 10 s after the daemon stopped",
+            others.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// CPU time a process has used so far (user and system, every thread), in
+/// microseconds; `None` once it has gone.
+pub fn cpu_us(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name, in parentheses, may hold spaces: count fields after it.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = |n: usize| fields.get(n)?.parse::<u64>().ok();
+    // utime and stime are fields 14 and 15 of stat(5), 12 and 13 after the
+    // name; Linux reports them in USER_HZ, 100 per second.
+    Some((ticks(11)? + ticks(12)?) * 10_000)
+}
+
 /// Rows of one kind that sat in its table beside a run's measured rows.
 #[derive(Debug, Clone, Serialize)]
 pub struct TableRows {
@@ -216,6 +306,15 @@ pub struct DaemonProcess {
 impl DaemonProcess {
     /// Starts `notification-scheduler daemon` for the bench database and exchange.
     pub fn start(env: &BenchEnv, extra: &[String]) -> anyhow::Result<Self> {
+        Self::start_with_env(env, extra, &[])
+    }
+
+    /// [`Self::start`], with environment variables of its own.
+    pub fn start_with_env(
+        env: &BenchEnv,
+        extra: &[String],
+        variables: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
         let health_port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -228,6 +327,7 @@ impl DaemonProcess {
             .env("HEALTH_ADDR", format!("127.0.0.1:{health_port}"))
             .env("LOG_LEVEL", "warn")
             .env_remove("RUST_LOG")
+            .envs(variables.iter().copied())
             .kill_on_drop(true)
             .spawn()?;
         Ok(Self { child, health_port })
@@ -253,6 +353,11 @@ impl DaemonProcess {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// CPU time used so far, in microseconds.
+    pub fn cpu_us(&self) -> Option<u64> {
+        cpu_us(self.child.id()?)
     }
 
     /// Peak resident memory so far, in KiB (VmHWM).

@@ -17,7 +17,7 @@ use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
 use super::harness::{
-    BenchEnv, DaemonProcess, MESSAGE_ROUTING_KEY_PREFIX, MESSAGE_ROUTING_KEYS, ROUTING_KEY,
+    self, BenchEnv, DaemonProcess, MESSAGE_ROUTING_KEY_PREFIX, MESSAGE_ROUTING_KEYS, ROUTING_KEY,
     RowKind, TableRows, collect,
 };
 use super::stats::{self, Accounting, Lateness};
@@ -36,6 +36,40 @@ pub struct LatenessRun {
     pub lateness: Lateness,
     pub peak_rss_kib: Option<u64>,
     pub queries: QueryTimes,
+}
+
+/// Result of a thundering-herd run: every row due at the same instant.
+#[derive(Debug, Clone, Serialize)]
+pub struct HerdRun {
+    /// The rows as a lateness run: its minimum is the first delivery, its
+    /// maximum the whole drain.
+    pub run: LatenessRun,
+    /// Rows per second from the common due time to the last consumed.
+    pub per_second: f64,
+    /// The broker's own rate for as many messages, just before.
+    pub ceiling: CeilingRun,
+    pub to_ceiling: f64,
+}
+
+/// `count` rows due at one instant, `lead` from now, after a ceiling run of
+/// as many messages.
+pub async fn herd(
+    env: &BenchEnv,
+    count: u64,
+    lead: Duration,
+    window: usize,
+    daemon_args: &[String],
+) -> anyhow::Result<HerdRun> {
+    let ceiling = ceiling(env, count, window).await?;
+    let label = format!("herd of {count}");
+    let run = lateness(env, &label, count, Duration::ZERO, lead, daemon_args).await?;
+    let per_second = count as f64 / (run.lateness.max_ms / 1000.0);
+    Ok(HerdRun {
+        per_second,
+        to_ceiling: per_second / ceiling.per_second,
+        ceiling,
+        run,
+    })
 }
 
 /// Result of the backlog run.
@@ -58,6 +92,20 @@ pub struct BacklogRun {
     pub accounting: Accounting,
     /// The largest peak resident memory of the replicas.
     pub peak_rss_kib: Option<u64>,
+    /// What each delivered message cost: CPU of the daemons and of their
+    /// database sessions, and database transactions.
+    pub cost: MessageCost,
+}
+
+/// Cost per delivered message over a whole backlog run, start-up included.
+#[derive(Debug, Clone, Serialize)]
+pub struct MessageCost {
+    /// User and system CPU of the daemon processes, in microseconds.
+    pub daemon_cpu_us: f64,
+    /// User and system CPU of the daemons' PostgreSQL sessions.
+    pub database_cpu_us: f64,
+    /// Transactions in the bench database (each claim batch is one).
+    pub transactions: f64,
 }
 
 /// Result of one ceiling run.
@@ -137,6 +185,9 @@ pub async fn backlog(
     let count = expected.len() as u64;
     let beside = env.beside().await?;
     let mut consumer = env.consumer().await?;
+    let own_pid = env.flush_own_counters().await?;
+    let admin = notification_scheduler::db::connect(&env.server, Duration::from_secs(10)).await?;
+    let before = harness::counters(&admin, &env.database).await?;
     let started = Utc::now();
     let daemons = (0..replicas)
         .map(|_| DaemonProcess::start(env, daemon_args))
@@ -148,10 +199,20 @@ pub async fn backlog(
         Duration::from_millis(500),
     )
     .await;
+    let database_cpu_us: u64 = harness::sessions(&admin, &env.database, own_pid)
+        .await?
+        .into_iter()
+        .filter_map(|pid| harness::cpu_us(pid.unsigned_abs()))
+        .sum();
     let mut peak_rss_kib = None;
+    let mut daemon_cpu_us = 0;
     for daemon in daemons {
+        daemon_cpu_us += daemon.cpu_us().unwrap_or(0);
         peak_rss_kib = peak_rss_kib.max(daemon.stop().await?);
     }
+    harness::sessions_gone(&admin, &env.database, own_pid).await?;
+    let after = harness::counters(&admin, &env.database).await?;
+    let per_message = |total: f64| total / count as f64;
     let seconds =
         last_expected(&expected, &received).map_or(f64::NAN, |last| seconds_between(started, last));
     let first_message_seconds = received
@@ -169,6 +230,11 @@ pub async fn backlog(
         replicas,
         accounting: stats::account(&expected, &received),
         peak_rss_kib,
+        cost: MessageCost {
+            daemon_cpu_us: per_message(daemon_cpu_us as f64),
+            database_cpu_us: per_message(database_cpu_us as f64),
+            transactions: per_message((after.transactions - before.transactions) as f64),
+        },
     })
 }
 

@@ -14,6 +14,8 @@ use notification_scheduler::broker::consumer::Received;
 pub struct Lateness {
     pub expected: usize,
     pub received: usize,
+    /// The earliest: with every row due at one instant, the first delivery.
+    pub min_ms: f64,
     pub p50_ms: f64,
     pub p90_ms: f64,
     pub p99_ms: f64,
@@ -88,6 +90,7 @@ pub fn lateness(expected: &HashMap<Uuid, DateTime<Utc>>, received: &[Received]) 
     Lateness {
         expected: expected.len(),
         received: received.len(),
+        min_ms: late_ms.first().copied().unwrap_or(f64::NAN),
         p50_ms: percentile(&late_ms, 50.0),
         p90_ms: percentile(&late_ms, 90.0),
         p99_ms: percentile(&late_ms, 99.0),

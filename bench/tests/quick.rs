@@ -48,6 +48,14 @@ fn the_quick_benchmark_completes_with_every_message_delivered_once_and_never_ear
     for run in report["backlog"].as_array().expect("backlog runs") {
         assert_eq!(run["accounting"]["missing"], 0, "{run}");
         assert_eq!(run["accounting"]["duplicates"], 0, "{run}");
+        for cost in ["daemon_cpu_us", "database_cpu_us", "transactions"] {
+            assert!(
+                run["cost"][cost]
+                    .as_f64()
+                    .is_some_and(|per_message| per_message > 0.0),
+                "{cost} per message in {run}"
+            );
+        }
     }
     assert!(report["backlog_to_ceiling"].as_f64().is_some());
     assert!(
@@ -87,4 +95,44 @@ fn the_api_scenario_creates_moves_and_cancels_every_message() {
         assert_eq!(call["calls"], 500, "{call}");
         assert_eq!(call["failed"], 0, "{call}");
     }
+}
+
+#[test]
+fn the_idle_scenario_measures_each_size_of_the_schedule() {
+    let report = run_bench(&["--scenarios", "idle"]);
+    let idle = report["idle"].as_array().expect("idle runs");
+    let sizes: Vec<i64> = idle
+        .iter()
+        .map(|run| run["pending_rows"].as_i64().expect("pending rows"))
+        .collect();
+    assert_eq!(sizes, [0, 20_000], "{report}");
+    for run in idle {
+        assert!(run["window_s"].as_f64().is_some_and(|s| s >= 2.0), "{run}");
+        for field in [
+            "transactions_per_minute",
+            "table_tuples_read_per_minute",
+            "tuples_read_per_minute",
+        ] {
+            assert!(
+                run[field].as_f64().is_some_and(|n| n >= 0.0),
+                "{field} in {run}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_herd_due_at_one_instant_is_delivered_once_and_never_early() {
+    let report = run_bench(&["--scenarios", "herd"]);
+    let herd = &report["herd"][0];
+    let lateness = &herd["run"]["lateness"];
+    assert_eq!(lateness["expected"], 2_000, "{herd}");
+    for field in ["early", "missing", "duplicates", "unexpected"] {
+        assert_eq!(lateness[field], 0, "{field} in {herd}");
+    }
+    assert!(
+        lateness["min_ms"].as_f64().is_some_and(|ms| ms >= 0.0),
+        "{herd}"
+    );
+    assert_eq!(herd["ceiling"]["accounting"]["missing"], 0, "{herd}");
 }
