@@ -235,12 +235,19 @@ impl PrivateRabbit {
     /// Runs `rabbitmqctl -n NODE ARGS`, failing the test if it fails.
     pub async fn ctl(&self, args: &[&str]) -> String {
         let mut command = tokio::process::Command::from(self.command("rabbitmqctl"));
-        let output = command
+        command
             .args(["-n", &self.node])
             .args(args)
             .stdin(Stdio::null())
-            .output()
+            .kill_on_drop(true);
+        let output = tokio::time::timeout(NODE_WAIT, command.output())
             .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "rabbitmqctl {args:?} did not finish within {NODE_WAIT:?}:\n{}",
+                    self.output()
+                )
+            })
             .expect("run rabbitmqctl");
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
         assert!(

@@ -191,7 +191,12 @@ where
     Fut: Future<Output = bool>,
 {
     let deadline = tokio::time::Instant::now() + limit;
-    while !condition().await {
+    // A probe that hangs (a server that accepts and never answers) is bounded
+    // by the same deadline, so the failure names what was awaited.
+    while !tokio::time::timeout_at(deadline, condition())
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting until {what} (a check hung)"))
+    {
         assert!(
             tokio::time::Instant::now() < deadline,
             "timed out waiting until {what}"
