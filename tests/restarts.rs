@@ -146,6 +146,10 @@ enum Outage {
 /// every reminder in the durable queue.
 async fn broker_outages(outage: Outage, backlogs: &[i64]) {
     let started = Instant::now();
+    // Each step is printed as it starts, so that a test cut off by the
+    // runner's limit shows where it was.
+    let step = |what: &str| eprintln!("[{:.1?}] {what}", started.elapsed());
+    step("starting a private node");
     let mut rabbit = PrivateRabbit::start().await;
     let exchange = format!("test.{}", Uuid::new_v4().simple());
     let queue = rabbit.durable_queue(&exchange).await;
@@ -162,6 +166,7 @@ async fn broker_outages(outage: Outage, backlogs: &[i64]) {
         ],
     );
     let port = free_port();
+    step("starting the daemon");
     let (mut daemon, log) = spawn_followed(&db.url, &rabbit.broker(&exchange), port, &settings);
     wait_for(
         "the daemon to be ready",
@@ -172,10 +177,12 @@ async fn broker_outages(outage: Outage, backlogs: &[i64]) {
 
     let mut earlier: HashSet<String> = HashSet::new();
     for (round, &rows) in backlogs.iter().enumerate() {
+        step(&format!("round {round}: writing {rows} reminders"));
         let sent_before = count(&client, "sent").await;
         backlog(&client, rows).await;
         let expected = written_since(&client, &mut earlier).await;
         sent_at_least(&client, sent_before + 500).await;
+        step(&format!("round {round}: taking the node down"));
         match outage {
             Outage::Stop => rabbit.stop().await,
             Outage::Kill => rabbit.kill(),
@@ -191,7 +198,9 @@ async fn broker_outages(outage: Outage, backlogs: &[i64]) {
             || async { broker_ready(port).await == Some(false) },
         )
         .await;
+        step(&format!("round {round}: starting the node again"));
         rabbit.start_again().await;
+        step(&format!("round {round}: the node accepts connections"));
         let back = Instant::now();
         let sent_then = count(&client, "sent").await;
         wait_for("delivery to resume", Duration::from_secs(20), || async {
@@ -203,6 +212,9 @@ async fn broker_outages(outage: Outage, backlogs: &[i64]) {
             back.elapsed()
         );
         all_sent(&client, Duration::from_secs(40)).await;
+        step(&format!(
+            "round {round}: every row sent; draining the queue"
+        ));
         let received = rabbit.drain_queue(&queue, Duration::from_secs(1)).await;
         let lost: Vec<&String> = {
             let got: HashSet<&str> = received.iter().map(|m| m.message_id.as_str()).collect();

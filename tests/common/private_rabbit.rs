@@ -27,6 +27,9 @@ use super::{Received, TestBroker, bind};
 /// Longest time a node may take to start or stop.
 const NODE_WAIT: Duration = Duration::from_secs(60);
 
+/// Longest time one connection attempt to a starting node may take.
+const CONNECT_WAIT: Duration = Duration::from_secs(5);
+
 /// A durable queue on the node, bound to an exchange for the reminders.
 pub struct DurableQueue {
     pub exchange: String,
@@ -183,9 +186,11 @@ impl PrivateRabbit {
         self.child = Some(child);
         let deadline = tokio::time::Instant::now() + NODE_WAIT;
         loop {
-            if let Ok(connection) =
-                Connection::connect(&self.url(), ConnectionProperties::default()).await
-            {
+            // A node that accepts TCP while it boots may not answer the AMQP
+            // handshake for a while: each attempt is bounded.
+            let url = self.url();
+            let attempt = Connection::connect(&url, ConnectionProperties::default());
+            if let Ok(Ok(connection)) = tokio::time::timeout(CONNECT_WAIT, attempt).await {
                 let _ = connection.close(200, "ready".into()).await;
                 return;
             }
