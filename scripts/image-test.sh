@@ -13,7 +13,7 @@
 #      in flight: the container comes back, and everything, including what
 #      fell due while it was dead, is delivered;
 #   5. the `api` command answers /healthz and creates a game whose reminder the
-#      daemon delivers.
+#      daemon delivers, and its console logs in and renders the overview.
 # It prints the image size, the time from `podman run` to healthy and the
 # daemon's resident memory (docs/deployment.md, "The image test").
 #
@@ -607,9 +607,16 @@ api_game=$(grep -o '"id" *: *"[0-9a-f-]*"' "$tmp/created.json" | head -n 1 | gre
 [ -n "$api_game" ] || die "POST /games answered without an id: $(cat "$tmp/created.json")"
 # Its one-minute reminder is due about two seconds from now.
 wait_for 30 "the created game's reminder to be delivered" at_least delivered_count "$api_game" 1
+# The console, with its templates and assets from the binary: the login form,
+# a login with the token, the overview with the session cookie.
+[ "$(curl -sS -m 5 -o /dev/null -w '%{http_code}' "$api/console/assets/console.css")" = 200 ] || die "the console's stylesheet did not answer 200"
+cookie=$(curl -sS -m 10 -o /dev/null -D - -X POST "$api/console/login" --data-urlencode "token=$api_token" --data-urlencode "next=/console" \
+  | sed -nE 's/^[Ss]et-[Cc]ookie: (console_session=[^;]*).*/\1/p')
+[ -n "$cookie" ] || die "logging in to the console set no session cookie"
+curl -sS -m 10 -H "Cookie: $cookie" "$api/console" | grep -q '<h1>Overview</h1>' || die "the console's overview did not render"
 podman_bounded 60 stop -t 30 "$prefix-api" >/dev/null
 [ "$(podman inspect --format '{{.State.ExitCode}}' "$prefix-api")" = 0 ] || die "the api did not exit 0 on SIGTERM"
-log "api: healthy ${api_healthy_seconds} s after podman run; /healthz 200; POST /games 401 without the token, 201 with it; its reminder delivered; exit 0 on SIGTERM"
+log "api: healthy ${api_healthy_seconds} s after podman run; /healthz 200; POST /games 401 without the token, 201 with it; its reminder delivered; the console logs in and renders; exit 0 on SIGTERM"
 
 # ------------------------------------------------- 6. final stop ---
 # A stop is not a failure: the restart policy must not bring it back.

@@ -60,6 +60,7 @@ if [ -f "$dockerfile" ]; then
   df_has "dependency layer: manifests copied before sources" '^COPY Cargo\.toml Cargo\.lock '
   df_has "builds with --locked" 'cargo build --release --locked'
   df_has "copies migrations/ (embedded with include_str!)" '^COPY migrations '
+  df_has "copies askama.toml (where the console's templates are)" '^COPY askama\.toml '
   df_has "copies actors/src/" '^COPY actors/src '
   df_has "copies src/" '^COPY src '
   df_has "runs as a non-root user (uid 10001)" '^USER 10001(:10001)?$'
@@ -114,7 +115,7 @@ if [ -f .dockerignore ]; then
   for pattern in 'target/' '.git/' '.env'; do
     if grep -qxF "$pattern" .dockerignore; then pass ".dockerignore excludes $pattern"; else fail ".dockerignore does not exclude $pattern"; fi
   done
-  for needed in src migrations actors Cargo.toml Cargo.lock; do
+  for needed in src migrations actors Cargo.toml Cargo.lock askama.toml; do
     if grep -Eq "^/?$needed(/|\*|$)" .dockerignore; then fail ".dockerignore excludes $needed, which the build needs"; else pass ".dockerignore keeps $needed"; fi
   done
 fi

@@ -13,6 +13,7 @@
 //!   wire format, a consumer.
 //! - [`daemon`]: the delivery daemon: its wiring, health endpoints and maintenance.
 //! - [`api`]: the API: server, routes of games and messages, bodies, auth.
+//! - [`console`]: the operator console the API serves at `/console`.
 //! - [`games`]: the games domain: games and their schedules.
 //! - [`messages`]: the scheduled-messages domain: rows of `scheduled_message`
 //!   as the API writes them, and the allow-list of where it may schedule them.
@@ -26,6 +27,7 @@ pub mod api;
 pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod daemon;
 pub mod db;
 pub mod dead_letters;

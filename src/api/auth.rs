@@ -20,6 +20,15 @@ impl BearerToken {
         Self(Arc::new(Sha256::digest(token.as_bytes()).into()))
     }
 
+    /// A key for `purpose` derived from the token (the console's session
+    /// signing key): changing the token changes it.
+    pub fn derive_key(&self, purpose: &[u8]) -> [u8; 32] {
+        let mut hasher = Sha256::new();
+        hasher.update(purpose);
+        hasher.update(self.0.as_slice());
+        hasher.finalize().into()
+    }
+
     /// Compares digests, so neither the token's length nor the position of the
     /// first differing byte shows in the time taken.
     pub fn matches(&self, presented: &str) -> bool {

@@ -245,7 +245,7 @@ fn to_micros(time: DateTime<Utc>) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(time.timestamp_micros()).unwrap_or(time)
 }
 
-fn validate_deliver_at(
+pub(crate) fn validate_deliver_at(
     raw: &str,
     now: DateTime<Utc>,
     settings: &MessageSettings,
@@ -574,25 +574,32 @@ pub async fn update_message(
     } else {
         "deliver_at"
     };
+    change(&state, id, &changes, expiry_field)
+        .await
+        .map(|message| Json(message.into()))
+}
+
+/// Applies `changes` to the pending message `id`, if the API may send it
+/// where it goes (the JSON API and the console).
+pub(crate) async fn change(
+    state: &ApiState,
+    id: Uuid,
+    changes: &MessageChanges,
+    expiry_field: &str,
+) -> Result<Message, ApiError> {
+    let settings = &state.messages;
     let mut client = state.connection().await?;
     // The route cannot be changed, but the message may have been written by
     // SQL (not checked) or before the allow-list changed: an edit through the
     // API is allowed only to a destination the API may use.
-    messages::update(
-        &mut client,
-        id,
-        &changes,
-        settings.lock_timeout,
-        |message| {
-            let exchange = message
-                .exchange
-                .as_deref()
-                .unwrap_or(&settings.default_exchange);
-            settings.allowed.check(exchange, &message.routing_key)
-        },
-    )
+    messages::update(&mut client, id, changes, settings.lock_timeout, |message| {
+        let exchange = message
+            .exchange
+            .as_deref()
+            .unwrap_or(&settings.default_exchange);
+        settings.allowed.check(exchange, &message.routing_key)
+    })
     .await
-    .map(|message| Json(message.into()))
     .map_err(|err| message_error(err, expiry_field))
 }
 
@@ -611,10 +618,14 @@ pub async fn cancel_message(
     State(state): State<ApiState>,
     PathId(id): PathId,
 ) -> Result<StatusCode, ApiError> {
+    cancel(&state, id).await.map(|()| StatusCode::NO_CONTENT)
+}
+
+/// Cancels the pending message `id` (the JSON API and the console).
+pub(crate) async fn cancel(state: &ApiState, id: Uuid) -> Result<(), ApiError> {
     let mut client = state.connection().await?;
     messages::cancel(&mut client, id, state.messages.lock_timeout)
         .await
-        .map(|()| StatusCode::NO_CONTENT)
         .map_err(|err| message_error(err, "expires_at"))
 }
 

@@ -15,7 +15,7 @@ mod auth;
 mod bodies;
 mod dead_letters;
 mod error;
-mod messages;
+pub(crate) mod messages;
 mod request_log;
 mod routes;
 pub mod server;
@@ -80,6 +80,9 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
                     chrono::Duration::from_std(delay).expect("the setting is bounded")
                 }),
             },
+        },
+        console: crate::console::ConsoleSettings {
+            trace_url: args.console_trace_url.clone(),
         },
         messages: MessageSettings {
             default_exchange: Arc::from(args.rabbitmq_exchange.as_str()),

@@ -2,7 +2,8 @@
 //! readiness.
 //!
 //! `/games`, `/schedule`, `/messages` and `/dead-letters` need a bearer token;
-//! `/openapi.json`, `/healthz` and `/readyz` do not.
+//! `/openapi.json`, `/healthz` and `/readyz` do not. The operator console
+//! (`/console`) takes the same token through its login form.
 
 use std::time::Duration;
 
@@ -106,9 +107,13 @@ pub fn router(state: ApiState, token: Option<BearerToken>) -> Router {
             post(dead_letters::discard_dead_letter),
         )
         .merge(messages)
-        .route_layer(middleware::from_fn_with_state(token, auth::require_token));
+        .route_layer(middleware::from_fn_with_state(
+            token.clone(),
+            auth::require_token,
+        ));
     Router::new()
         .merge(protected)
+        .merge(crate::console::router(state.clone(), token.clone()))
         .route("/openapi.json", get(|| async { Json(ApiDoc::openapi()) }))
         .route(
             "/healthz",

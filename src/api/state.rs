@@ -19,6 +19,8 @@ pub struct ApiState {
     pub defaults: Defaults,
     /// What scheduled messages may be and where they may go.
     pub messages: MessageSettings,
+    /// The operator console's settings.
+    pub console: crate::console::ConsoleSettings,
 }
 
 /// The limits of scheduled messages.
@@ -47,7 +49,7 @@ impl MessageSettings {
 }
 
 impl ApiState {
-    pub(super) async fn connection(&self) -> Result<Object, ApiError> {
+    pub(crate) async fn connection(&self) -> Result<Object, ApiError> {
         self.pool
             .get()
             .await

@@ -373,6 +373,14 @@ pub struct ApiArgs {
     #[arg(long, env = "MIGRATE_ON_START", default_value_t = false, value_parser = parse::boolean, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub migrate: bool,
 
+    /// The operator console's link to a trace viewer: an http(s) URL with
+    /// `{trace_id}` where a delivery's trace id goes (for Grafana Tempo, e.g.
+    /// `https://grafana.example/explore?left=...{trace_id}...`; for Jaeger,
+    /// `https://jaeger.example/trace/{trace_id}`). Unset: trace ids are shown
+    /// without a link.
+    #[arg(long, env = "CONSOLE_TRACE_URL", value_name = "URL", value_parser = parse::trace_url)]
+    pub console_trace_url: Option<std::sync::Arc<str>>,
+
     /// On SIGTERM, how long requests in progress may take to finish.
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "10s", value_parser = parse::positive_duration)]
     pub shutdown_grace: Duration,

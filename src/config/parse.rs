@@ -438,6 +438,24 @@ pub fn allowed_routes(raw: &str) -> Result<crate::messages::allowed::AllowedRout
     crate::messages::allowed::AllowedRoutes::parse(raw)
 }
 
+/// A trace viewer's URL template: http or https, with `{trace_id}` in it.
+pub fn trace_url(raw: &str) -> Result<std::sync::Arc<str>, String> {
+    if !raw.contains("{trace_id}") {
+        return Err(format!(
+            "'{raw}' has no {{trace_id}}; expected a URL with {{trace_id}} where the trace id goes"
+        ));
+    }
+    let parsed = url::Url::parse(&raw.replace("{trace_id}", "0"))
+        .map_err(|err| format!("'{raw}' is not a URL: {err}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!(
+            "'{raw}' is a {} URL; expected http or https",
+            parsed.scheme()
+        ));
+    }
+    Ok(std::sync::Arc::from(raw))
+}
+
 /// An AMQP exchange or routing key name: 1 to 255 bytes of printable ASCII.
 pub fn amqp_name(raw: &str) -> Result<String, String> {
     if raw.is_empty() || raw.len() > 255 || !raw.bytes().all(|b| b.is_ascii_graphic()) {

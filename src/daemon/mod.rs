@@ -3,7 +3,8 @@
 //! shuts down cleanly on SIGTERM or SIGINT.
 //!
 //! - [`health`]: `/healthz` and `/readyz`.
-//! - [`maintenance`]: the retention sweep and the schedule observations.
+//! - [`maintenance`]: the heartbeat, the retention sweep and the schedule
+//!   observations.
 
 pub mod health;
 pub mod maintenance;
@@ -122,7 +123,7 @@ impl RunningDaemon {
             health_server,
             fatal,
             grace: args.shutdown_grace,
-            maintenance: maintenance::start(args),
+            maintenance: maintenance::start(args, readiness.clone()),
             health_addr,
             readiness,
         })

@@ -45,6 +45,7 @@ pub const MIGRATIONS: &[Migration] = &[
     migration!(6, "0006_scheduled_message"),
     migration!(7, "0007_delivery_attempts"),
     migration!(8, "0008_idle_cost"),
+    migration!(9, "0009_daemon_heartbeat"),
 ];
 
 /// Key of the advisory lock held while migrating ("notifsch" in ASCII).

@@ -39,6 +39,18 @@ pub struct Kind {
     pub message: Message,
     /// When a late row is no longer worth publishing.
     pub expiry: Expiry,
+    /// What a row is about, as the operator console shows it.
+    pub subject: Subject,
+}
+
+/// What a kind's rows are about, for the operator console.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subject {
+    /// An event of the game in the row's `game_id` column; `label` is an SQL
+    /// expression on the row (alias `s`) saying which event, as text.
+    Game { label: &'static str },
+    /// A message of its own, shown by its routing key.
+    Message,
 }
 
 /// How a kind's rows record that they have been dealt with. Every kind's
@@ -58,18 +70,28 @@ pub enum Progress {
 impl Progress {
     /// SQL predicate: the row is still to be delivered.
     pub fn pending(self) -> String {
+        self.pending_of("")
+    }
+
+    /// [`Self::pending`] with the columns qualified by `alias` (`"s."`).
+    pub fn pending_of(self, alias: &str) -> String {
         match self {
-            Self::Flag(done) => format!("NOT {done} AND dead_lettered_at IS NULL"),
-            Self::State => "state = 'pending'".to_owned(),
+            Self::Flag(done) => format!("NOT {alias}{done} AND {alias}dead_lettered_at IS NULL"),
+            Self::State => format!("{alias}state = 'pending'"),
         }
     }
 
     /// SQL predicate: the row is finished with (the retention sweep's); dead
     /// letters are not.
     pub fn done(self) -> String {
+        self.done_of("")
+    }
+
+    /// [`Self::done`] with the columns qualified by `alias` (`"s."`).
+    pub fn done_of(self, alias: &str) -> String {
         match self {
-            Self::Flag(done) => done.to_owned(),
-            Self::State => "state IN ('sent', 'expired', 'cancelled')".to_owned(),
+            Self::Flag(done) => format!("{alias}{done}"),
+            Self::State => format!("{alias}state IN ('sent', 'expired', 'cancelled')"),
         }
     }
 

@@ -5,7 +5,7 @@
 use serde_json::json;
 use tokio_postgres::Row;
 
-use super::{EnvelopeMessage, Expiry, Kind, Message, Progress};
+use super::{EnvelopeMessage, Expiry, Kind, Message, Progress, Subject};
 
 /// The reminder kind.
 pub const KIND: Kind = Kind {
@@ -23,6 +23,9 @@ pub const KIND: Kind = Kind {
         data,
     }),
     expiry: Expiry::AtGameStart,
+    subject: Subject::Game {
+        label: "s.reminder_minutes || ' min before'",
+    },
 };
 
 fn data(row: &Row) -> serde_json::Value {

@@ -4,7 +4,7 @@
 //! routing key; a message whose `expires_at` has passed when it comes due is
 //! marked expired instead (docs/scheduled-messages.md).
 
-use super::{Expiry, Kind, Message, Progress};
+use super::{Expiry, Kind, Message, Progress, Subject};
 
 /// The scheduled message kind.
 pub const KIND: Kind = Kind {
@@ -16,4 +16,5 @@ pub const KIND: Kind = Kind {
     channel: "scheduled_message_changed",
     message: Message::Stored,
     expiry: Expiry::AtColumn("expires_at"),
+    subject: Subject::Message,
 };

@@ -6,7 +6,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::json;
 use tokio_postgres::Row;
 
-use super::{EnvelopeMessage, Expiry, Kind, Message, Progress};
+use super::{EnvelopeMessage, Expiry, Kind, Message, Progress, Subject};
 
 /// The routing key of status transitions.
 pub const ROUTING_KEY: &str = "game.status_transition_due";
@@ -27,6 +27,9 @@ pub const KIND: Kind = Kind {
         data,
     }),
     expiry: Expiry::Never,
+    subject: Subject::Game {
+        label: "'to ' || s.target_status",
+    },
 };
 
 fn data(row: &Row) -> serde_json::Value {

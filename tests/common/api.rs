@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use notification_scheduler::api::{self, ApiState, BearerToken, MessageSettings};
+use notification_scheduler::console::ConsoleSettings;
 use notification_scheduler::games::Defaults;
 use notification_scheduler::games::schedule::transitions::TransitionSettings;
 use notification_scheduler::messages::allowed::AllowedRoutes;
@@ -42,6 +43,16 @@ impl TestApi {
 
     /// As [`TestApi::start`], with these message settings.
     pub async fn start_with(db: &TestDb, token: Option<&str>, messages: MessageSettings) -> Self {
+        Self::start_with_console(db, token, messages, ConsoleSettings::default()).await
+    }
+
+    /// As [`TestApi::start_with`], with these console settings.
+    pub async fn start_with_console(
+        db: &TestDb,
+        token: Option<&str>,
+        messages: MessageSettings,
+        console: ConsoleSettings,
+    ) -> Self {
         let url = db.database_url();
         let state = ApiState {
             pool: notification_scheduler::db::pool(&url, 4, Duration::from_secs(5)),
@@ -54,6 +65,7 @@ impl TestApi {
                 },
             },
             messages,
+            console,
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

@@ -11,6 +11,7 @@
 //! not dead code there (helpers no binary uses are removed instead).
 
 pub mod api;
+pub mod browser;
 pub mod otlp;
 pub mod private_pg;
 pub mod private_rabbit;

@@ -1,12 +1,15 @@
 //! Periodic work beside delivery, on its own small connection pool so that it
-//! never takes a connection the delivery path needs: observing the schedule
-//! for metrics, and deleting old sent rows.
+//! never takes a connection the delivery path needs: the heartbeat the
+//! operator console reads, observing the schedule for metrics, and deleting
+//! old sent rows.
 
+pub mod heartbeat;
 mod observe;
 mod retention;
 
 use std::time::Duration;
 
+use actors::readiness::Readiness;
 use deadpool_postgres::Pool;
 use tokio::task::JoinHandle;
 
@@ -26,15 +29,15 @@ impl Drop for Maintenance {
     }
 }
 
-/// Starts the retention sweep (unless RETENTION is 0) and, when metrics are
-/// exported, the schedule observations.
-pub fn start(args: &DaemonArgs) -> Maintenance {
+/// Starts the heartbeat, the retention sweep (unless RETENTION is 0) and,
+/// when metrics are exported, the schedule observations.
+pub fn start(args: &DaemonArgs, readiness: Readiness) -> Maintenance {
     let pool = db::pool(
         &args.database.database_url,
         1,
         args.database.database_connect_timeout,
     );
-    let mut tasks = Vec::new();
+    let mut tasks = vec![tokio::spawn(heartbeat::run(pool.clone(), readiness))];
     if !args.retention.is_zero() {
         let (pool, retention) = (pool.clone(), args.retention);
         // The first sweep waits a period: a daemon starting after downtime
