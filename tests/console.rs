@@ -7,7 +7,6 @@
 pub mod common;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::api::{TOKEN, TestApi, in_seconds, json, message_settings};
 use common::browser::Browser;
@@ -501,5 +500,4 @@ async fn an_operator_watches_deliveries_and_retries_a_dead_letter_in_a_browser()
     assert_eq!(overflow, json!(true), "the page scrolls sideways at 390 px");
     browser.screenshot(&shots.dir, "overview-phone").await;
     browser.close().await;
-    tokio::time::sleep(Duration::ZERO).await;
 }

@@ -39,7 +39,6 @@ pub struct ConsoleSettings {
 #[derive(Clone)]
 pub struct ConsoleState {
     api: ApiState,
-    settings: ConsoleSettings,
     sessions: Sessions,
     token: Option<BearerToken>,
 }
@@ -48,7 +47,6 @@ pub struct ConsoleState {
 /// login (the API's insecure development mode).
 pub fn router(api: ApiState, token: Option<BearerToken>) -> Router<ApiState> {
     let state = ConsoleState {
-        settings: api.console.clone(),
         sessions: Sessions::new(token.as_ref()),
         api,
         token,

@@ -355,7 +355,8 @@ impl EventView {
             .and_then(trace_id)
             .map(|id| TraceView {
                 href: state
-                    .settings
+                    .api
+                    .console
                     .trace_url
                     .as_deref()
                     .map(|url| url.replace("{trace_id}", &id)),

@@ -9,6 +9,7 @@ use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
 use crate::db::{DbError, kind_sql};
+use crate::dead_letters;
 use crate::kinds::{self, Kind, Subject};
 
 /// How long after its last heartbeat a daemon still counts as seen recently:
@@ -210,10 +211,7 @@ pub async fn upcoming(
     };
     let (after_at, after_id) = (filter.after.map(|a| a.0), filter.after.map(|a| a.1));
     let mut events = Vec::new();
-    for &kind in kinds::ALL
-        .iter()
-        .filter(|kind| filter.kind.is_none_or(|only| only.name == kind.name))
-    {
+    for kind in dead_letters::selected(filter.kind) {
         let game_filter = match kind.subject {
             Subject::Game { .. } => {
                 "($5::uuid IS NULL OR s.game_id::text = $5::uuid::text) \
@@ -274,10 +272,7 @@ pub async fn recent(
     limit: i64,
 ) -> Result<Vec<EventRow>, DbError> {
     let mut events = Vec::new();
-    for &kind in kinds::ALL
-        .iter()
-        .filter(|k| kind.is_none_or(|only| only.name == k.name))
-    {
+    for kind in dead_letters::selected(kind) {
         let (columns, join) = subject(kind);
         let Kind {
             table,
