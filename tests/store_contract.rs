@@ -109,7 +109,12 @@ async fn an_empty_claim_keeps_its_connection_in_the_pool() {
     let store = fixture.store();
     let backends = "SELECT coalesce(array_agg(pid ORDER BY pid), '{}') FROM pg_stat_activity \
                      WHERE datname = current_database() AND application_name = 'notification-scheduler'";
-    drop(store.claim_due(10).await.expect("an empty claim"));
+    drop(
+        store
+            .claim_due(10, Duration::ZERO)
+            .await
+            .expect("an empty claim"),
+    );
     let first: Vec<i32> = fixture
         .client
         .query_one(backends, &[])
@@ -117,7 +122,10 @@ async fn an_empty_claim_keeps_its_connection_in_the_pool() {
         .unwrap()
         .get(0);
     for _ in 0..5 {
-        let claim = store.claim_due(10).await.expect("an empty claim");
+        let claim = store
+            .claim_due(10, Duration::ZERO)
+            .await
+            .expect("an empty claim");
         assert!(claim.events().is_empty());
         drop(claim);
     }

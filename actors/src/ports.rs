@@ -99,12 +99,14 @@ pub trait ScheduleStore: Clone + Send + Sync + 'static {
     /// Due rows held by this claimer until finished or dropped.
     type Claim: Claim;
 
-    /// Claims up to `limit` due events of each kind, oldest first, skipping
-    /// rows another claim holds. The claim lasts at most the configured claim
-    /// timeout.
+    /// Claims up to `limit` events of each kind that are due, or due within
+    /// `ahead` (their [`DueEvent::ahead`](crate::model::DueEvent::ahead) says
+    /// by how much), oldest first, skipping rows another claim holds. The
+    /// claim lasts at most the configured claim timeout.
     fn claim_due(
         &self,
         limit: usize,
+        ahead: Duration,
     ) -> impl Future<Output = Result<Self::Claim, PortError>> + Send;
 
     /// The earliest pending event of any kind that is not among `in_flight`.

@@ -265,6 +265,7 @@ pub async fn ceiling(env: &BenchEnv, count: u64, window: usize) -> anyhow::Resul
                 stale: false,
                 expires_in: Some(Duration::from_secs(3_600)),
                 lateness: Duration::ZERO,
+                ahead: Duration::ZERO,
                 traceparent: None,
                 message: Outbound {
                     exchange: None,
@@ -282,6 +283,7 @@ pub async fn ceiling(env: &BenchEnv, count: u64, window: usize) -> anyhow::Resul
                 stale: false,
                 expires_in: None,
                 lateness: Duration::ZERO,
+                ahead: Duration::ZERO,
                 traceparent: None,
                 message: Outbound {
                     exchange: None,

@@ -112,6 +112,7 @@ mod tests {
             stale: false,
             expires_in: Some(Duration::from_millis(899_250)),
             lateness: Duration::from_millis(1),
+            ahead: Duration::ZERO,
             traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned()),
             message: Outbound {
                 exchange: None,

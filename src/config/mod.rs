@@ -157,6 +157,15 @@ pub struct DaemonArgs {
     #[arg(long, env = "DELIVERY_MAX_IN_FLIGHT_BATCHES", default_value = "4", value_parser = parse::bounded_integer(1, 64))]
     pub max_in_flight_batches: usize,
 
+    /// Events due within this are claimed ahead of their time and published
+    /// at it by a precise local wake-up, so the claim's round trip to the
+    /// database is not part of their lateness. Never early: the wait is
+    /// counted from when the claim's answer arrived. A cancel or move must
+    /// commit this long before the event's time to be sure to be honoured;
+    /// 0ms claims only what is due.
+    #[arg(long, env = "DELIVERY_CLAIM_AHEAD", default_value = "5ms", value_parser = parse::duration_at_most(Duration::from_secs(1)))]
+    pub claim_ahead: Duration,
+
     /// Longest time a claimed batch may hold its rows. PostgreSQL ends a claim
     /// idle for longer (a hung or paused replica), releasing the rows to others.
     /// Must exceed RABBITMQ_CONFIRM_TIMEOUT.

@@ -339,8 +339,17 @@ pub fn positive_duration(raw: &str) -> Result<Duration, String> {
 
 /// Builds a parser for a positive duration of at most `max`.
 pub fn duration_up_to(max: Duration) -> impl Fn(&str) -> Result<Duration, String> + Clone {
+    let at_most = duration_at_most(max);
     move |raw| {
-        let value = positive_duration(raw)?;
+        positive_duration(raw)?;
+        at_most(raw)
+    }
+}
+
+/// A duration of at most `max`, zero included.
+pub fn duration_at_most(max: Duration) -> impl Fn(&str) -> Result<Duration, String> + Clone {
+    move |raw| {
+        let value = duration(raw)?;
         if value > max {
             return Err(format!(
                 "'{raw}' is too long; expected at most {}",
@@ -696,6 +705,18 @@ mod tests {
         let err = token("short-secret").unwrap_err();
         assert!(!err.contains("short-secret"), "{err}");
         assert!(token("has a space in it, long enough").is_err());
+    }
+
+    #[test]
+    fn a_bounded_duration_may_be_zero() {
+        let parse = duration_at_most(Duration::from_secs(1));
+        assert_eq!(parse("0ms"), Ok(Duration::ZERO));
+        assert_eq!(parse("5ms"), Ok(Duration::from_millis(5)));
+        assert_eq!(
+            parse("2s"),
+            Err("'2s' is too long; expected at most 1s".to_owned())
+        );
+        assert!(parse("5").unwrap_err().contains("has no unit"));
     }
 
     #[test]

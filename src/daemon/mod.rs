@@ -244,6 +244,7 @@ fn supervisor_settings(args: &DaemonArgs) -> SupervisorSettings {
         scheduler: SchedulerSettings {
             batch_size: args.batch_size,
             max_in_flight_batches: args.max_in_flight_batches,
+            claim_ahead: args.claim_ahead,
             max_sleep: args.max_timer_sleep,
             safety_check_interval: args.safety_check_interval,
             contention_backoff: (Duration::from_millis(50), Duration::from_secs(1)),

@@ -11,12 +11,16 @@ use crate::kinds::{Expiry, Kind};
 /// so none of this is visible before then, and a rollback (crash, timeout)
 /// releases every row unchanged. Marking at claim time saves a second pass.
 ///
-/// `$1`: batch size; with [`Expiry::AtGameStart`] also `$2`, the stale grace
-/// in milliseconds: a row is stale when its game has started and it is more
-/// than the grace late (a 0-minute reminder is due exactly at the start and
-/// must still go out), and its message expires when it would become stale.
-/// With [`Expiry::AtColumn`] a row is stale once that time has passed, and
-/// its message expires then.
+/// A row due within the look-ahead is claimed too, and what is computed of
+/// it (stale, expiry, `done_at`) is as of its due time, when it will be
+/// published; `lateness_us` is negative for it.
+///
+/// `$1`: batch size; `$2`: the look-ahead in microseconds. With
+/// [`Expiry::AtGameStart`] also `$3`, the stale grace in milliseconds: a row
+/// is stale when its game has started and it is more than the grace late (a
+/// 0-minute reminder is due exactly at the start and must still go out), and
+/// its message expires when it would become stale. With [`Expiry::AtColumn`]
+/// a row is stale once that time has passed, and its message expires then.
 pub fn claim(kind: &Kind) -> String {
     let Kind {
         table,
@@ -26,26 +30,27 @@ pub fn claim(kind: &Kind) -> String {
         message,
         ..
     } = kind;
+    // When the row is published: now, or its due time if claimed ahead.
+    let at = format!("greatest(statement_timestamp(), s.{time})");
+    let horizon = "statement_timestamp() + $2::bigint * interval '1 microsecond'";
     let (stale, skipped, expires_in_ms) = match kind.expiry {
         Expiry::AtGameStart => (
             format!(
-                "statement_timestamp() > s.game_scheduled_at \
-                 AND statement_timestamp() > s.{time} + $2::bigint * interval '1 millisecond'"
+                "{at} > s.game_scheduled_at \
+                 AND {at} > s.{time} + $3::bigint * interval '1 millisecond'"
             ),
             "skipped_stale",
             format!(
                 "CASE WHEN s.game_scheduled_at IS NOT NULL THEN \
                    (extract(epoch FROM greatest(s.game_scheduled_at, \
-                      s.{time} + $2::bigint * interval '1 millisecond') \
-                    - statement_timestamp()) * 1000)::bigint END"
+                      s.{time} + $3::bigint * interval '1 millisecond') \
+                    - {at}) * 1000)::bigint END"
             ),
         ),
         Expiry::AtColumn(expires) => (
-            format!("statement_timestamp() >= s.{expires}"),
+            format!("{at} >= s.{expires}"),
             "expired",
-            format!(
-                "floor(extract(epoch FROM s.{expires} - statement_timestamp()) * 1000)::bigint"
-            ),
+            format!("floor(extract(epoch FROM s.{expires} - {at}) * 1000)::bigint"),
         ),
         Expiry::Never => (
             "false".to_owned(),
@@ -58,13 +63,13 @@ pub fn claim(kind: &Kind) -> String {
     let columns = message.columns();
     format!(
         "UPDATE {table} AS s \
-            SET {mark_done}, {done_at} = statement_timestamp(), \
+            SET {mark_done}, {done_at} = {at}, \
                 outcome = CASE WHEN coalesce({stale}, false) THEN '{skipped}' ELSE 'published' END, \
                 attempts = s.attempts + CASE WHEN coalesce({stale}, false) THEN 0 ELSE 1 END, \
                 next_attempt_at = NULL \
            FROM (SELECT ctid FROM {table} \
-                  WHERE {pending} AND {time} <= statement_timestamp() \
-                    AND (next_attempt_at IS NULL OR next_attempt_at <= statement_timestamp()) \
+                  WHERE {pending} AND {time} <= {horizon} \
+                    AND (next_attempt_at IS NULL OR next_attempt_at <= {horizon}) \
                   ORDER BY {time} LIMIT $1 \
                     FOR UPDATE SKIP LOCKED) AS due \
           WHERE s.ctid = due.ctid \

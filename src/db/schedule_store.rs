@@ -107,7 +107,7 @@ impl PgScheduleStore {
 impl ScheduleStore for PgScheduleStore {
     type Claim = PgClaim;
 
-    async fn claim_due(&self, limit: usize) -> Result<PgClaim, PortError> {
+    async fn claim_due(&self, limit: usize, ahead: Duration) -> Result<PgClaim, PortError> {
         let client = self.session().await?;
         let statements = self
             .bounded(
@@ -120,15 +120,16 @@ impl ScheduleStore for PgScheduleStore {
             )
             .await?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let ahead_us = i64::try_from(ahead.as_micros()).unwrap_or(i64::MAX);
         let grace_ms = i64::try_from(self.settings.stale_grace.as_millis()).unwrap_or(i64::MAX);
         // BEGIN and every kind's claim go out in one pipelined round trip.
-        let with_grace: [&(dyn ToSql + Sync); 2] = [&limit, &grace_ms];
+        let with_grace: [&(dyn ToSql + Sync); 3] = [&limit, &ahead_us, &grace_ms];
         let claimed = self
             .bounded("claiming due events", async {
                 let claims = self.kinds.iter().zip(&statements).map(|(kind, statement)| {
                     let params = match kind.delivered.kind.expiry {
                         Expiry::AtGameStart => &with_grace[..],
-                        Expiry::AtColumn(_) | Expiry::Never => &with_grace[..1],
+                        Expiry::AtColumn(_) | Expiry::Never => &with_grace[..2],
                     };
                     client.query(statement, params)
                 });
@@ -216,6 +217,12 @@ fn event_from_row(delivered: &Delivered, row: &tokio_postgres::Row) -> DueEvent 
         stale: row.get("stale"),
         expires_in: expires_in_ms.map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
         lateness: Duration::from_micros(u64::try_from(lateness_us).unwrap_or(0)),
+        ahead: Duration::from_micros(
+            lateness_us
+                .checked_neg()
+                .and_then(|us| u64::try_from(us).ok())
+                .unwrap_or(0),
+        ),
         traceparent: row.get("traceparent"),
         message,
     }

@@ -76,6 +76,9 @@ pub struct SchedulerSettings {
     pub batch_size: usize,
     /// Batches that may await confirms at once.
     pub max_in_flight_batches: usize,
+    /// Events due within this are claimed ahead and published at their time,
+    /// so the claim's round trip is not part of their lateness.
+    pub claim_ahead: Duration,
     /// Longest single sleep, so a wall-clock step is noticed.
     pub max_sleep: Duration,
     /// Period of the safety re-read.
@@ -173,6 +176,7 @@ impl<S: ScheduleStore> SchedulerState<S> {
             flow: self.flow.clone(),
             in_flight: self.in_flight.clone(),
             batch_size: self.settings.batch_size,
+            claim_ahead: self.settings.claim_ahead,
             scheduler: myself.clone(),
             stopping: self.stopping.subscribe(),
             liveness: self.liveness.clone(),
@@ -229,7 +233,13 @@ impl<S: ScheduleStore> SchedulerState<S> {
         match outcome {
             RoundOutcome::Sleep(next) => {
                 self.contention.reset();
-                self.arm(myself, next.at, next.delay.min(self.settings.max_sleep));
+                // Wake when the event can be claimed.
+                let until_claimable = next.delay.saturating_sub(self.settings.claim_ahead);
+                self.arm(
+                    myself,
+                    next.at,
+                    until_claimable.min(self.settings.max_sleep),
+                );
             }
             RoundOutcome::Contended(next) => {
                 let delay = self.contention.next_delay();

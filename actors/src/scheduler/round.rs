@@ -9,10 +9,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ractor::ActorRef;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::time::Instant;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
@@ -102,6 +103,8 @@ pub struct RoundContext<S> {
     pub flow: FlowControl,
     pub in_flight: InFlight,
     pub batch_size: usize,
+    /// How far ahead of their time events are claimed.
+    pub claim_ahead: Duration,
     pub scheduler: ActorRef<SchedulerMessage>,
     pub stopping: watch::Receiver<bool>,
     pub liveness: Liveness,
@@ -126,7 +129,7 @@ impl<S: ScheduleStore> RoundContext<S> {
             let claim_span = tracing::info_span!("claim", batch.size = tracing::field::Empty);
             let claim = self
                 .store
-                .claim_due(limit)
+                .claim_due(limit, self.claim_ahead)
                 .instrument(claim_span.clone())
                 .await?;
             let claimed = claim.events().len();
@@ -150,10 +153,10 @@ impl<S: ScheduleStore> RoundContext<S> {
                 .await?;
             let outcome = match next_due {
                 None => RoundOutcome::Idle,
-                Some(next) if !next.delay.is_zero() => RoundOutcome::Sleep(next),
-                // Due, yet not claimable: someone else holds it.
+                Some(next) if next.delay > self.claim_ahead => RoundOutcome::Sleep(next),
+                // Claimable, yet not claimed: someone else holds it.
                 Some(next) if claimed == 0 && last_claim_was_empty => RoundOutcome::Contended(next),
-                // Became due since the claim; claim again.
+                // Became claimable since the claim; claim again.
                 Some(_) => {
                     last_claim_was_empty = claimed == 0;
                     continue;
@@ -200,27 +203,22 @@ impl<S: ScheduleStore> RoundContext<S> {
             .cloned()
             .collect();
         let live_ids: Vec<(Uuid, &'static str)> = live.iter().map(|e| (e.id, e.kind)).collect();
-        let claim_lateness: Vec<Duration> = live.iter().map(|e| e.lateness).collect();
-        let confirms = (!live.is_empty()).then(|| publisher.publish(live, &batch));
+        let claim_lateness: Vec<(Duration, Duration)> =
+            live.iter().map(|e| (e.lateness, e.ahead)).collect();
         let publisher = publisher.clone();
         let in_flight = self.in_flight.clone();
         let scheduler = self.scheduler.clone();
         let liveness = self.liveness.clone();
         tokio::spawn(
             async move {
-                let outcomes = match confirms {
-                    None => Vec::new(),
-                    Some(confirms) => {
-                        let batch = tracing::Span::current();
-                        publisher.confirmed(confirms, live_ids.len(), &batch).await
-                    }
-                };
+                let outcomes = publish_on_time(&publisher, live, claimed_at).await;
                 let answered_after = claimed_at.elapsed();
-                for ((lateness, (_, kind)), outcome) in
+                for (((lateness, ahead), (_, kind)), outcome) in
                     claim_lateness.iter().zip(&live_ids).zip(&outcomes)
                 {
                     if *outcome == PublishOutcome::Confirmed {
-                        crate::metrics::lateness(kind, *lateness + answered_after);
+                        let late = (*lateness + answered_after).saturating_sub(*ahead);
+                        crate::metrics::lateness(kind, late);
                     }
                 }
                 let settled = settle(claim, outcomes).await;
@@ -251,6 +249,41 @@ impl<S: ScheduleStore> RoundContext<S> {
             .instrument(batch),
         );
     }
+}
+
+/// Publishes the events of a claimed batch (oldest first), each at its time:
+/// one claimed ahead no sooner than its `ahead` after `claimed_at`, when the
+/// claim's answer arrived, which was after the database read its clock, so
+/// that none is early by that clock. Events due at one instant go out in one
+/// publish; the confirms of each are awaited once every event is out, so a
+/// slow confirm does not delay a later event. Returns one outcome per event,
+/// in order, and none without events.
+async fn publish_on_time(
+    publisher: &PublisherHandle,
+    mut events: Vec<DueEvent>,
+    claimed_at: Instant,
+) -> Vec<PublishOutcome> {
+    let batch = tracing::Span::current();
+    let mut pending = Vec::new();
+    while let Some(first) = events.first() {
+        let ahead = first.ahead;
+        let same_instant = events
+            .iter()
+            .position(|e| e.ahead != ahead)
+            .unwrap_or(events.len());
+        let rest = events.split_off(same_instant);
+        if !ahead.is_zero() {
+            super::timer::sleep_until(claimed_at + ahead).await;
+        }
+        let count = events.len();
+        pending.push((publisher.publish(events, &batch), count));
+        events = rest;
+    }
+    let mut outcomes = Vec::new();
+    for (confirms, count) in pending {
+        outcomes.extend(publisher.confirmed(confirms, count, &batch).await);
+    }
+    outcomes
 }
 
 /// The span of a whole round: claims, batches and the next-due query are its

@@ -18,6 +18,7 @@ fn settings() -> SchedulerSettings {
     SchedulerSettings {
         batch_size: 500,
         max_in_flight_batches: 2,
+        claim_ahead: Duration::ZERO,
         max_sleep: Duration::from_secs(60),
         safety_check_interval: Duration::from_secs(300),
         contention_backoff: (Duration::from_millis(50), Duration::from_secs(1)),
@@ -123,6 +124,53 @@ async fn reminders_fire_at_their_time_and_never_early() {
         );
         assert_eq!(h.store.row(*id).done, Some(Disposition::Published));
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn events_claimed_ahead_are_held_then_published_at_their_time() {
+    let h = Harness::new();
+    let ids = [2_500, 2_520, 7_250].map(|ms| h.store.insert(Duration::from_millis(ms)));
+    let claim_ahead = Duration::from_millis(50);
+    h.start(SchedulerSettings {
+        claim_ahead,
+        ..settings()
+    })
+    .await;
+    // Both rows within the look-ahead of the first are claimed before it is due.
+    advance_until(Duration::from_secs(3), || h.store.row(ids[1]).locked).await;
+    let first_due = h.store.row(ids[0]).at;
+    assert!(h.store.now() < first_due, "claimed only once due");
+    assert!(h.store.now() + chrono::Duration::from_std(claim_ahead).unwrap() >= first_due);
+    assert!(h.broker.published().is_empty(), "published before its time");
+    advance_until(Duration::from_secs(10), || h.broker.published().len() == 3).await;
+    for (id, published) in ids.iter().zip(h.broker.published()) {
+        assert_eq!(published.id, *id);
+        let late = published.at - h.store.row(*id).at;
+        assert!(late >= chrono::Duration::zero(), "published {late} early");
+        assert!(
+            late <= chrono::Duration::milliseconds(2),
+            "published {late} late"
+        );
+        assert_eq!(h.store.row(*id).done, Some(Disposition::Published));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_event_claimed_ahead_and_refused_is_pending_again_and_retried() {
+    let h = Harness::new();
+    let id = h.store.insert(Duration::from_millis(1_000));
+    h.broker.script([PublishOutcome::Nacked]);
+    h.start(SchedulerSettings {
+        claim_ahead: Duration::from_millis(50),
+        ..settings()
+    })
+    .await;
+    advance_until(Duration::from_secs(60), || h.broker.published().len() == 2).await;
+    let published = h.broker.published();
+    assert!(published.iter().all(|p| p.id == id));
+    assert_eq!(h.store.row(id).attempts, 2);
+    assert!(published[0].at >= h.store.row(id).at, "published early");
+    assert_eq!(h.store.row(id).done, Some(Disposition::Published));
 }
 
 #[tokio::test(start_paused = true)]

@@ -32,13 +32,18 @@ where
 {
     let deadline = Instant::now() + delay;
     tokio::spawn(async move {
-        if let Some(coarse) = deadline.checked_sub(PRECISE_TAIL) {
-            tokio::time::sleep_until(coarse).await;
-        }
-        let rest = deadline.saturating_duration_since(Instant::now());
-        if !rest.is_zero() {
-            let _ = tokio::task::spawn_blocking(move || std::thread::sleep(rest)).await;
-        }
+        sleep_until(deadline).await;
         let _ = actor.send_message(message());
     })
+}
+
+/// Returns at `deadline`, to a fraction of a millisecond, never before it.
+pub async fn sleep_until(deadline: Instant) {
+    if let Some(coarse) = deadline.checked_sub(PRECISE_TAIL) {
+        tokio::time::sleep_until(coarse).await;
+    }
+    let rest = deadline.saturating_duration_since(Instant::now());
+    if !rest.is_zero() {
+        let _ = tokio::task::spawn_blocking(move || std::thread::sleep(rest)).await;
+    }
 }

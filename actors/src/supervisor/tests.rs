@@ -33,6 +33,7 @@ fn settings() -> SupervisorSettings {
         scheduler: SchedulerSettings {
             batch_size: 100,
             max_in_flight_batches: 2,
+            claim_ahead: Duration::ZERO,
             max_sleep: Duration::from_secs(60),
             safety_check_interval: Duration::from_secs(300),
             contention_backoff: (Duration::from_millis(50), Duration::from_secs(1)),

@@ -83,7 +83,7 @@ fn within(actual: Duration, expected: Duration, what: &str) {
 async fn claim_eventually<S: ScheduleStore>(store: &S, expected: usize) -> S::Claim {
     let deadline = tokio::time::Instant::now() + SLACK;
     loop {
-        let claim = store.claim_due(100).await.expect("claim");
+        let claim = store.claim_due(100, Duration::ZERO).await.expect("claim");
         if claim.events().len() == expected {
             return claim;
         }
@@ -105,7 +105,7 @@ pub async fn claims_oldest_first_up_to_the_limit<F: ContractFixture>(fixture: &F
     let third = fixture.insert(ago(10), None).await;
     let future = fixture.insert(ahead(3_600), None).await;
     let store = fixture.store();
-    let claim = store.claim_due(2).await.expect("claim");
+    let claim = store.claim_due(2, Duration::ZERO).await.expect("claim");
     assert_eq!(ids(claim.events()), [oldest, second]);
     within(
         claim.events()[0].lateness,
@@ -116,8 +116,47 @@ pub async fn claims_oldest_first_up_to_the_limit<F: ContractFixture>(fixture: &F
     assert_eq!(fixture.state(oldest).await, RowState::Published);
     assert_eq!(fixture.state(second).await, RowState::Published);
     assert_eq!(fixture.state(third).await, RowState::Pending);
-    let rest = store.claim_due(100).await.expect("claim");
+    let rest = store.claim_due(100, Duration::ZERO).await.expect("claim");
     assert_eq!(ids(rest.events()), [third], "{future} is not due");
+}
+
+/// A claim with a look-ahead also takes rows due within it and says how far
+/// ahead each was; rows due later are not taken, and already due rows are
+/// not ahead. Dropping the claim leaves them pending.
+pub async fn claims_ahead_within_the_look_ahead<F: ContractFixture>(fixture: &F) {
+    let due = fixture.insert(ago(10), None).await;
+    let soon = fixture.insert(ahead(20), None).await;
+    let later = fixture.insert(ahead(3_600), None).await;
+    let store = fixture.store();
+    let claim = store
+        .claim_due(100, Duration::from_secs(30))
+        .await
+        .expect("claim");
+    assert_eq!(
+        ids(claim.events()),
+        [due, soon],
+        "{later} is beyond the look-ahead"
+    );
+    let [due_event, soon_event] = claim.events() else {
+        unreachable!()
+    };
+    assert_eq!(due_event.ahead, Duration::ZERO);
+    assert_eq!(soon_event.lateness, Duration::ZERO);
+    assert!(
+        soon_event.ahead > Duration::ZERO && soon_event.ahead <= Duration::from_secs(20),
+        "ahead {:?}",
+        soon_event.ahead
+    );
+    assert!(!soon_event.stale);
+    drop(claim);
+    let again = claim_eventually(&store, 1).await;
+    assert_eq!(
+        ids(again.events()),
+        [due],
+        "without a look-ahead only what is due"
+    );
+    drop(again);
+    assert_eq!(fixture.state(soon).await, RowState::Pending);
 }
 
 /// A row held by one claim is skipped by another (`SKIP LOCKED`), not waited for.
@@ -126,9 +165,9 @@ pub async fn a_held_row_is_skipped_by_another_claim<F: ContractFixture>(fixture:
     let second = fixture.insert(ago(10), None).await;
     let replica_a = fixture.store();
     let replica_b = fixture.store();
-    let held = replica_a.claim_due(1).await.expect("claim");
+    let held = replica_a.claim_due(1, Duration::ZERO).await.expect("claim");
     assert_eq!(ids(held.events()), [first]);
-    let other = tokio::time::timeout(SLACK, replica_b.claim_due(100))
+    let other = tokio::time::timeout(SLACK, replica_b.claim_due(100, Duration::ZERO))
         .await
         .expect("a claim never waits for another")
         .expect("claim");
@@ -141,7 +180,11 @@ pub async fn stale_rows_are_skipped_and_the_rest_published<F: ContractFixture>(f
     let stale = fixture.insert(ago(600), Some(ago(300))).await;
     let late_within_grace = fixture.insert(ago(10), Some(ago(5))).await;
     let without_game = fixture.insert(ago(600), None).await;
-    let claim = fixture.store().claim_due(100).await.expect("claim");
+    let claim = fixture
+        .store()
+        .claim_due(100, Duration::ZERO)
+        .await
+        .expect("claim");
     let stale_flags: Vec<(Uuid, bool)> = claim.events().iter().map(|r| (r.id, r.stale)).collect();
     assert_eq!(
         stale_flags,
@@ -163,7 +206,11 @@ pub async fn expiry_is_when_the_reminder_would_become_stale<F: ContractFixture>(
     let before_game = fixture.insert(ago(1), Some(ahead(3_600))).await;
     let game_started = fixture.insert(ago(10), Some(ago(5))).await;
     let without_game = fixture.insert(ago(1), None).await;
-    let claim = fixture.store().claim_due(100).await.expect("claim");
+    let claim = fixture
+        .store()
+        .claim_due(100, Duration::ZERO)
+        .await
+        .expect("claim");
     let expiry = |id: Uuid| {
         claim
             .events()
@@ -217,7 +264,7 @@ pub async fn a_partial_commit_leaves_the_undelivered_pending<F: ContractFixture>
     let undelivered = fixture.insert(ago(20), None).await;
     let third = fixture.insert(ago(10), None).await;
     let store = fixture.store();
-    let claim = store.claim_due(100).await.expect("claim");
+    let claim = store.claim_due(100, Duration::ZERO).await.expect("claim");
     assert_eq!(claim.events().len(), 3);
     let unanswered = Undelivered {
         id: undelivered,
@@ -242,7 +289,7 @@ pub async fn a_refused_event_waits_for_its_next_attempt_then_is_dead_lettered<
 ) {
     let refused = fixture.insert(ago(20), None).await;
     let store = fixture.store();
-    let claim = store.claim_due(100).await.expect("claim");
+    let claim = store.claim_due(100, Duration::ZERO).await.expect("claim");
     assert_eq!(ids(claim.events()), [refused]);
     let refusal = || Undelivered {
         id: refused,
@@ -268,7 +315,7 @@ pub async fn a_refused_event_waits_for_its_next_attempt_then_is_dead_lettered<
     assert_eq!(dead, [refused], "dead-lettered after its last attempt");
     assert_eq!(fixture.state(refused).await, RowState::DeadLettered);
     assert!(store.next_due(&[]).await.expect("next due").is_none());
-    let claim = store.claim_due(100).await.expect("claim");
+    let claim = store.claim_due(100, Duration::ZERO).await.expect("claim");
     assert!(claim.events().is_empty());
 }
 
@@ -277,7 +324,7 @@ pub async fn dropping_a_claim_releases_its_rows_unchanged<F: ContractFixture>(fi
     let first = fixture.insert(ago(20), None).await;
     let second = fixture.insert(ago(10), None).await;
     let store = fixture.store();
-    let claim = store.claim_due(100).await.expect("claim");
+    let claim = store.claim_due(100, Duration::ZERO).await.expect("claim");
     assert_eq!(ids(claim.events()), [first, second]);
     drop(claim);
     assert_eq!(fixture.state(first).await, RowState::Pending);
@@ -293,6 +340,7 @@ macro_rules! store_contract_tests {
     ($fixture:expr) => {
         $crate::store_contract_tests!(@tests $fixture;
             claims_oldest_first_up_to_the_limit,
+            claims_ahead_within_the_look_ahead,
             a_held_row_is_skipped_by_another_claim,
             stale_rows_are_skipped_and_the_rest_published,
             expiry_is_when_the_reminder_would_become_stale,

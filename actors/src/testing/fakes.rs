@@ -190,13 +190,14 @@ impl FakeStore {
 impl ScheduleStore for FakeStore {
     type Claim = FakeClaim;
 
-    async fn claim_due(&self, limit: usize) -> Result<FakeClaim, PortError> {
+    async fn claim_due(&self, limit: usize, ahead: Duration) -> Result<FakeClaim, PortError> {
         self.check()?;
         if self.lock().hanging {
             self.lock().claims += 1;
             std::future::pending::<()>().await;
         }
         let now = self.now();
+        let horizon = now + chrono::Duration::from_std(ahead).unwrap();
         let grace = chrono::Duration::from_std(self.stale_grace).unwrap();
         let mut inner = self.lock();
         inner.claims += 1;
@@ -207,8 +208,8 @@ impl ScheduleStore for FakeStore {
                 row.done.is_none()
                     && !row.dead_lettered
                     && !row.locked
-                    && row.at <= now
-                    && row.next_attempt_at.is_none_or(|at| at <= now)
+                    && row.at <= horizon
+                    && row.next_attempt_at.is_none_or(|at| at <= horizon)
             })
             .collect();
         due.sort_by_key(|row| row.at);
@@ -217,20 +218,23 @@ impl ScheduleStore for FakeStore {
             .take(limit)
             .map(|row| {
                 row.locked = true;
+                // What the store computes is as of the event's publication.
+                let at = now.max(row.at);
                 let stale = row
                     .game_starts
-                    .is_some_and(|starts| now > starts && now > row.at + grace);
+                    .is_some_and(|starts| at > starts && at > row.at + grace);
                 DueEvent {
                     kind: "reminder",
                     id: row.id,
                     due_at: row.at,
                     stale,
                     expires_in: row.game_starts.map(|starts| {
-                        (starts.max(row.at + grace) - now)
+                        (starts.max(row.at + grace) - at)
                             .to_std()
                             .unwrap_or_default()
                     }),
                     lateness: (now - row.at).to_std().unwrap_or_default(),
+                    ahead: (row.at - now).to_std().unwrap_or_default(),
                     traceparent: None,
                     message: Outbound {
                         exchange: None,
