@@ -37,6 +37,16 @@ async fn tuples_read(
     statement: &str,
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
 ) -> (i64, Vec<tokio_postgres::Row>) {
+    tuples_read_after(client, "", statement, params).await
+}
+
+/// As [`tuples_read`], with `setup` run first in the same transaction.
+async fn tuples_read_after(
+    client: &mut tokio_postgres::Client,
+    setup: &str,
+    statement: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> (i64, Vec<tokio_postgres::Row>) {
     // The per-transaction counters are only flushed between transactions, so
     // their difference inside one is exactly what the statement read.
     let read = "SELECT (coalesce(sum(pg_stat_get_xact_tuples_returned(c.oid) \
@@ -44,6 +54,7 @@ async fn tuples_read(
                   FROM pg_class c WHERE c.relnamespace = current_schema()::regnamespace \
                    AND c.relkind IN ('r', 'i')";
     let transaction = client.transaction().await.expect("begin");
+    transaction.batch_execute(setup).await.expect("setup");
     let before: i64 = transaction.query_one(read, &[]).await.unwrap().get(0);
     let rows = transaction
         .query(statement, params)
@@ -119,6 +130,29 @@ async fn observing_a_large_schedule_estimates_it_and_reads_a_bounded_number_of_r
         messages.pending
     );
     assert_eq!(messages.overdue, 0);
+}
+
+#[tokio::test]
+async fn a_claim_among_many_rows_due_at_once_reads_about_what_it_claims() {
+    let db = TestDb::migrated().await;
+    let mut client = db.client().await;
+    // Not analysed: the planner knows nothing of how many rows are due.
+    reminders(&client, 20_000, "-1 second", "false, NULL").await;
+    let (limit, ahead_us, grace_ms) = (32i64, 5_000i64, 60_000i64);
+
+    let (read, claimed) = tuples_read_after(
+        &mut client,
+        kind_sql::CLAIM_PLANNING,
+        &kind_sql::claim(&reminder::KIND),
+        &[&limit, &ahead_us, &grace_ms],
+    )
+    .await;
+
+    assert_eq!(claimed.len(), 32);
+    assert!(
+        read < 500,
+        "claiming 32 of 20,000 due rows read {read} tuples"
+    );
 }
 
 #[tokio::test]

@@ -576,13 +576,9 @@ async fn query_times(env: &BenchEnv) -> anyhow::Result<QueryTimes> {
     let next_due_sql = kind_sql::next_due(kinds::ALL);
     let claim = client.prepare(&claim_sql).await?;
     let next_due = client.prepare(&next_due_sql).await?;
-    let (limit, grace_ms) = (500i64, 60_000i64);
-    let with_grace: [&(dyn ToSql + Sync); 2] = [&limit, &grace_ms];
-    // As the daemon binds them (db::schedule_store): only game-start expiry has a grace.
-    let claim_params = match kind.expiry {
-        Expiry::AtGameStart => &with_grace[..],
-        Expiry::AtColumn(_) | Expiry::Never => &with_grace[..1],
-    };
+    let (limit, ahead_us, grace_ms) = (500i64, 0i64, 60_000i64);
+    let parameters: [&(dyn ToSql + Sync); 3] = [&limit, &ahead_us, &grace_ms];
+    let claim_params = &parameters[..kind_sql::claim_parameters(kind)];
     let none: Vec<Uuid> = Vec::new();
     let mut claim_ms = Vec::with_capacity(RUNS);
     let mut next_due_ms = Vec::with_capacity(RUNS);

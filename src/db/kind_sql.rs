@@ -79,6 +79,23 @@ pub fn claim(kind: &Kind) -> String {
     )
 }
 
+/// Planner settings of a claim's transaction. A claim must walk its kind's
+/// pending index in time order and stop at its limit. Right after many rows
+/// were written (a herd due at one instant, before autovacuum has analysed
+/// the table), the planner estimated a few due rows and chose to read them
+/// all and sort them: 63 ms for 200,000 rows before the first 32 could be
+/// published, against 0.1 ms in index order. Sorting is never needed here.
+pub const CLAIM_PLANNING: &str = "SET LOCAL enable_sort = off";
+
+/// How many of the parameters `$1` (batch size), `$2` (look-ahead) and `$3`
+/// (stale grace) the claim of `kind` takes, in that order.
+pub fn claim_parameters(kind: &Kind) -> usize {
+    match kind.expiry {
+        Expiry::AtGameStart => 3,
+        Expiry::AtColumn(_) | Expiry::Never => 2,
+    }
+}
+
 /// Returns claimed rows of `kind` that the broker did not confirm to pending,
 /// inside the claim's transaction. A row the broker refused counts the
 /// attempt, records why, and waits until its next attempt: the retry delay

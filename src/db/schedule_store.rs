@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::{DbError, kind_sql};
 use crate::config::DatabaseUrl;
-use crate::kinds::{Delivered, Expiry, Message};
+use crate::kinds::{Delivered, Message};
 
 /// Settings of the store.
 #[derive(Debug, Clone)]
@@ -61,9 +61,10 @@ impl PgScheduleStore {
     ) -> Self {
         let begin_claim = format!(
             "BEGIN; SET LOCAL idle_in_transaction_session_timeout = {idle}; \
-             SET LOCAL statement_timeout = {statement}",
+             SET LOCAL statement_timeout = {statement}; {planning}",
             idle = settings.claim_timeout.as_millis().max(1),
             statement = settings.query_timeout.as_millis().max(1),
+            planning = kind_sql::CLAIM_PLANNING,
         );
         let next_due = kind_sql::next_due(kinds.iter().map(|delivered| delivered.kind)).into();
         let kinds = kinds
@@ -123,14 +124,11 @@ impl ScheduleStore for PgScheduleStore {
         let ahead_us = i64::try_from(ahead.as_micros()).unwrap_or(i64::MAX);
         let grace_ms = i64::try_from(self.settings.stale_grace.as_millis()).unwrap_or(i64::MAX);
         // BEGIN and every kind's claim go out in one pipelined round trip.
-        let with_grace: [&(dyn ToSql + Sync); 3] = [&limit, &ahead_us, &grace_ms];
+        let parameters: [&(dyn ToSql + Sync); 3] = [&limit, &ahead_us, &grace_ms];
         let claimed = self
             .bounded("claiming due events", async {
                 let claims = self.kinds.iter().zip(&statements).map(|(kind, statement)| {
-                    let params = match kind.delivered.kind.expiry {
-                        Expiry::AtGameStart => &with_grace[..],
-                        Expiry::AtColumn(_) | Expiry::Never => &with_grace[..2],
-                    };
+                    let params = &parameters[..kind_sql::claim_parameters(kind.delivered.kind)];
                     client.query(statement, params)
                 });
                 let (begun, rows) = tokio::join!(
