@@ -23,7 +23,7 @@ use super::harness::{
 use super::stats::{self, Accounting, Lateness};
 use notification_scheduler::broker::envelope;
 use notification_scheduler::db::kind_sql;
-use notification_scheduler::kinds::{self, Expiry, reminder, scheduled_message};
+use notification_scheduler::kinds::{self, reminder, scheduled_message};
 
 /// Result of a lateness run.
 #[derive(Debug, Clone, Serialize)]

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorRef, ActorStatus};
+use uuid::Uuid;
 
 use super::*;
 use crate::liveness::Liveness;
@@ -88,6 +89,23 @@ impl Harness {
     }
 }
 
+/// Each of `ids` was published once, in order, at its time: never early,
+/// at most 2 ms late.
+fn assert_published_on_time(h: &Harness, ids: &[Uuid]) {
+    let published = h.broker.published();
+    assert_eq!(published.len(), ids.len());
+    for (id, published) in ids.iter().zip(published) {
+        assert_eq!(published.id, *id);
+        let late = published.at - h.store.row(*id).at;
+        assert!(late >= chrono::Duration::zero(), "published {late} early");
+        assert!(
+            late <= chrono::Duration::milliseconds(2),
+            "published {late} late"
+        );
+        assert_eq!(h.store.row(*id).done, Some(Disposition::Published));
+    }
+}
+
 #[test]
 fn only_changes_at_or_before_the_armed_deadline_need_a_round() {
     let armed: DateTime<Utc> = "2030-01-01T12:00:00Z".parse().unwrap();
@@ -113,17 +131,7 @@ async fn reminders_fire_at_their_time_and_never_early() {
     let ids = [2_500, 7_250, 30_000].map(|ms| h.store.insert(Duration::from_millis(ms)));
     h.start(settings()).await;
     advance_until(Duration::from_secs(40), || h.broker.published().len() == 3).await;
-    for (id, published) in ids.iter().zip(h.broker.published()) {
-        assert_eq!(published.id, *id);
-        let due = h.store.row(*id).at;
-        let late = published.at - due;
-        assert!(late >= chrono::Duration::zero(), "published {late} early");
-        assert!(
-            late <= chrono::Duration::milliseconds(2),
-            "published {late} late"
-        );
-        assert_eq!(h.store.row(*id).done, Some(Disposition::Published));
-    }
+    assert_published_on_time(&h, &ids);
 }
 
 #[tokio::test(start_paused = true)]
@@ -143,16 +151,7 @@ async fn events_claimed_ahead_are_held_then_published_at_their_time() {
     assert!(h.store.now() + chrono::Duration::from_std(claim_ahead).unwrap() >= first_due);
     assert!(h.broker.published().is_empty(), "published before its time");
     advance_until(Duration::from_secs(10), || h.broker.published().len() == 3).await;
-    for (id, published) in ids.iter().zip(h.broker.published()) {
-        assert_eq!(published.id, *id);
-        let late = published.at - h.store.row(*id).at;
-        assert!(late >= chrono::Duration::zero(), "published {late} early");
-        assert!(
-            late <= chrono::Duration::milliseconds(2),
-            "published {late} late"
-        );
-        assert_eq!(h.store.row(*id).done, Some(Disposition::Published));
-    }
+    assert_published_on_time(&h, &ids);
 }
 
 #[tokio::test(start_paused = true)]
