@@ -23,12 +23,13 @@ pub struct DueEvent {
     pub stale: bool,
     /// How long the message stays useful. `None` for events that never expire.
     pub expires_in: Option<Duration>,
-    /// Claim time minus `due_at`; zero for an event claimed ahead.
+    /// How late the event was by the claim's latest database clock reading;
+    /// zero for an event claimed ahead.
     pub lateness: Duration,
-    /// How long before `due_at` the claim read it: an event claimed ahead of
+    /// How long before `due_at` that reading was: an event claimed ahead of
     /// its time is published this long after the claim's answer arrived,
-    /// which is after the database read its clock, so never early by that
-    /// clock. Zero for an event already due.
+    /// which is after the reading, so never early by the database clock.
+    /// Zero for an event already due.
     pub ahead: Duration,
     /// W3C trace context of the request that scheduled the event.
     pub traceparent: Option<String>,

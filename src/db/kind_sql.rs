@@ -13,7 +13,9 @@ use crate::kinds::{Expiry, Kind};
 ///
 /// A row due within the look-ahead is claimed too, and what is computed of
 /// it (stale, expiry, `done_at`) is as of its due time, when it will be
-/// published; `lateness_us` is negative for it.
+/// published. `read_at` is the database clock as the row was returned, after
+/// it was marked: the latest reading of a claim bounds how far ahead of
+/// their time its rows can still be, closer than the statement's start.
 ///
 /// `$1`: batch size; `$2`: the look-ahead in microseconds. With
 /// [`Expiry::AtGameStart`] also `$3`, the stale grace in milliseconds: a row
@@ -74,7 +76,7 @@ pub fn claim(kind: &Kind) -> String {
                     FOR UPDATE SKIP LOCKED) AS due \
           WHERE s.ctid = due.ctid \
          RETURNING s.id, s.{time}, s.outcome <> 'published' AS stale, {expires_in_ms} AS expires_in_ms, \
-                   (extract(epoch FROM statement_timestamp() - s.{time}) * 1000000)::bigint AS lateness_us, \
+                   clock_timestamp() AS read_at, \
                    s.traceparent, {columns}"
     )
 }

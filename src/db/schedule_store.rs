@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use actors::model::{Body, DueEvent, NextDue, Outbound};
 use actors::ports::{Claim, PortError, RetryPolicy, ScheduleStore, Undelivered};
+use chrono::{DateTime, Utc};
 use deadpool_postgres::{Object, Pool};
 use futures_util::future::try_join_all;
 use tokio_postgres::types::ToSql;
@@ -159,10 +160,15 @@ impl ScheduleStore for PgScheduleStore {
             return Ok(claim);
         }
         claim.client = Some(client.into_inner());
+        let mut latest_reading = None;
         for (kind, rows) in self.kinds.iter().zip(claimed) {
-            claim
-                .events
-                .extend(rows.iter().map(|row| event_from_row(&kind.delivered, row)));
+            for row in &rows {
+                latest_reading = latest_reading.max(Some(row.get::<_, DateTime<Utc>>("read_at")));
+                claim.events.push(event_from_row(&kind.delivered, row));
+            }
+        }
+        if let Some(now) = latest_reading {
+            time_events(&mut claim.events, now);
         }
         // Oldest first across kinds; UPDATE … RETURNING does not promise the
         // subquery's order either.
@@ -192,11 +198,22 @@ impl ScheduleStore for PgScheduleStore {
     }
 }
 
+/// Sets how late, or how far ahead of its time, each claimed event is by
+/// `now`, the latest database clock reading of the claim. A row marked at
+/// the start of a long claim (hundreds of rows of a herd take milliseconds)
+/// would otherwise be held back by that time once more before its publish.
+fn time_events(events: &mut [DueEvent], now: DateTime<Utc>) {
+    for event in events {
+        let late = now - event.due_at;
+        event.lateness = late.to_std().unwrap_or_default();
+        event.ahead = (-late).to_std().unwrap_or_default();
+    }
+}
+
 /// Decodes a row of a kind's claim (`kind_sql::claim`), by column name.
 fn event_from_row(delivered: &Delivered, row: &tokio_postgres::Row) -> DueEvent {
     let kind = delivered.kind;
     let expires_in_ms: Option<i64> = row.get("expires_in_ms");
-    let lateness_us: i64 = row.get("lateness_us");
     let message = match (&kind.message, &delivered.routing_key) {
         (Message::Envelope(envelope), Some(routing_key)) => Outbound {
             exchange: None,
@@ -214,13 +231,9 @@ fn event_from_row(delivered: &Delivered, row: &tokio_postgres::Row) -> DueEvent 
         due_at: row.get(kind.time_column),
         stale: row.get("stale"),
         expires_in: expires_in_ms.map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0))),
-        lateness: Duration::from_micros(u64::try_from(lateness_us).unwrap_or(0)),
-        ahead: Duration::from_micros(
-            lateness_us
-                .checked_neg()
-                .and_then(|us| u64::try_from(us).ok())
-                .unwrap_or(0),
-        ),
+        // Set from the claim's latest clock reading (`time_events`).
+        lateness: Duration::ZERO,
+        ahead: Duration::ZERO,
         traceparent: row.get("traceparent"),
         message,
     }
