@@ -11,15 +11,15 @@
 //! - `error`: the error body every failure answers with.
 //! - `request_log`: one span and log line per request.
 
-mod auth;
+pub(crate) mod auth;
 mod bodies;
 mod dead_letters;
-mod error;
+pub(crate) mod error;
 pub(crate) mod messages;
 mod request_log;
 mod routes;
 pub mod server;
-mod state;
+pub(crate) mod state;
 
 use std::sync::Arc;
 
@@ -27,7 +27,7 @@ pub use auth::BearerToken;
 pub use error::{ApiError, ErrorBody};
 use secrecy::ExposeSecret;
 pub use server::router;
-pub use state::{ApiState, MessageSettings};
+pub use state::{ApiState, ConsoleSettings, MessageSettings};
 
 use crate::config::ApiArgs;
 use crate::db::{self, migrate};
@@ -81,7 +81,7 @@ pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
                 }),
             },
         },
-        console: crate::console::ConsoleSettings {
+        console: ConsoleSettings {
             trace_url: args.console_trace_url.clone(),
         },
         messages: MessageSettings {

@@ -20,7 +20,15 @@ pub struct ApiState {
     /// What scheduled messages may be and where they may go.
     pub messages: MessageSettings,
     /// The operator console's settings.
-    pub console: crate::console::ConsoleSettings,
+    pub console: ConsoleSettings,
+}
+
+/// The operator console's settings.
+#[derive(Debug, Clone, Default)]
+pub struct ConsoleSettings {
+    /// Link to a trace viewer: a URL with `{trace_id}` where the trace id goes
+    /// (CONSOLE_TRACE_URL).
+    pub trace_url: Option<Arc<str>>,
 }
 
 /// The limits of scheduled messages.

@@ -15,8 +15,6 @@ mod pages;
 mod queries;
 mod session;
 
-use std::sync::Arc;
-
 use axum::Router;
 use axum::extract::Request;
 use axum::http::{HeaderValue, header};
@@ -24,16 +22,9 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 
-use crate::api::{ApiState, BearerToken};
+use crate::api::auth::BearerToken;
+use crate::api::state::ApiState;
 pub use session::Sessions;
-
-/// The console's settings.
-#[derive(Debug, Clone, Default)]
-pub struct ConsoleSettings {
-    /// Link to a trace viewer: a URL with `{trace_id}` where the trace id goes
-    /// (CONSOLE_TRACE_URL).
-    pub trace_url: Option<Arc<str>>,
-}
 
 /// What the console's handlers share.
 #[derive(Clone)]

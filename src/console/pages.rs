@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::ConsoleState;
 use super::queries::{self, EventRow, UpcomingFilter};
 use super::session::{self, Session};
-use crate::api::ApiError;
+use crate::api::error::ApiError;
 use crate::db::kind_sql::OBSERVE_EXACT_UP_TO;
 use crate::kinds::{self, Kind};
 use crate::messages::{MessageChanges, MessageState};
@@ -33,7 +33,7 @@ pub struct ConsoleError {
 }
 
 impl ConsoleError {
-    pub fn forbidden(message: &str) -> Self {
+    fn forbidden(message: &str) -> Self {
         Self {
             status: StatusCode::FORBIDDEN,
             message: message.to_owned(),
@@ -56,6 +56,12 @@ impl ConsoleError {
 
     fn internal(err: &dyn std::error::Error) -> Self {
         ApiError::internal(err).into()
+    }
+}
+
+impl From<session::CsrfMismatch> for ConsoleError {
+    fn from(err: session::CsrfMismatch) -> Self {
+        Self::forbidden(&err.to_string())
     }
 }
 

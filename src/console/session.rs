@@ -21,8 +21,12 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use super::ConsoleState;
-use super::pages::ConsoleError;
-use crate::api::BearerToken;
+use crate::api::auth::BearerToken;
+
+/// A posted form's CSRF token is not its session's.
+#[derive(Debug, thiserror::Error)]
+#[error("the form's CSRF token does not match this session; reload the page and try again")]
+pub struct CsrfMismatch;
 
 /// The session cookie's name.
 pub const COOKIE: &str = "console_session";
@@ -108,14 +112,12 @@ impl Sessions {
     }
 
     /// Checks a posted CSRF token against the session's.
-    pub fn check_csrf(&self, session: &Session, presented: &str) -> Result<(), ConsoleError> {
+    pub fn check_csrf(&self, session: &Session, presented: &str) -> Result<(), CsrfMismatch> {
         let expected = self.csrf(session);
         if bool::from(expected.as_bytes().ct_eq(presented.as_bytes())) {
             Ok(())
         } else {
-            Err(ConsoleError::forbidden(
-                "the form's CSRF token does not match this session; reload the page and try again",
-            ))
+            Err(CsrfMismatch)
         }
     }
 

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use notification_scheduler::api::ConsoleSettings;
 use notification_scheduler::api::{self, ApiState, BearerToken, MessageSettings};
-use notification_scheduler::console::ConsoleSettings;
 use notification_scheduler::games::Defaults;
 use notification_scheduler::games::schedule::transitions::TransitionSettings;
 use notification_scheduler::messages::allowed::AllowedRoutes;
