@@ -23,7 +23,7 @@ use crate::flow::FlowControl;
 use crate::liveness::Liveness;
 use crate::metrics::Outcome;
 use crate::model::{DueEvent, NextDue, PublishOutcome};
-use crate::ports::{Claim, PortError, ScheduleStore, Undelivered};
+use crate::ports::{Claim, PendingConfirms, PortError, ScheduleStore, Undelivered};
 use crate::publisher::PublisherHandle;
 use crate::slot::Slot;
 use crate::trace_context;
@@ -196,7 +196,7 @@ impl<S: ScheduleStore> RoundContext<S> {
         crate::metrics::batch_size(claim.events().len());
         let ids: Vec<Uuid> = claim.events().iter().map(|e| e.id).collect();
         self.in_flight.lock().extend(ids.iter().copied());
-        let live: Vec<_> = claim
+        let mut live: Vec<_> = claim
             .events()
             .iter()
             .filter(|e| !e.stale)
@@ -205,13 +205,26 @@ impl<S: ScheduleStore> RoundContext<S> {
         let live_ids: Vec<(Uuid, &'static str)> = live.iter().map(|e| (e.id, e.kind)).collect();
         let claim_lateness: Vec<(Duration, Duration)> =
             live.iter().map(|e| (e.lateness, e.ahead)).collect();
+        // Events already due go to the publisher now, before the next claim,
+        // so batches reach the broker in the order they were claimed; those
+        // claimed ahead (the rest: events are oldest first) wait on the task.
+        let first_ahead = live
+            .iter()
+            .position(|e| !e.ahead.is_zero())
+            .unwrap_or(live.len());
+        let ahead = live.split_off(first_ahead);
+        let mut published = Vec::new();
+        if !live.is_empty() {
+            let count = live.len();
+            published.push((publisher.publish(live, &batch), count));
+        }
         let publisher = publisher.clone();
         let in_flight = self.in_flight.clone();
         let scheduler = self.scheduler.clone();
         let liveness = self.liveness.clone();
         tokio::spawn(
             async move {
-                let outcomes = publish_on_time(&publisher, live, claimed_at).await;
+                let outcomes = publish_on_time(&publisher, published, ahead, claimed_at).await;
                 let answered_after = claimed_at.elapsed();
                 for (((lateness, ahead), (_, kind)), outcome) in
                     claim_lateness.iter().zip(&live_ids).zip(&outcomes)
@@ -251,36 +264,33 @@ impl<S: ScheduleStore> RoundContext<S> {
     }
 }
 
-/// Publishes the events of a claimed batch (oldest first), each at its time:
-/// one claimed ahead no sooner than its `ahead` after `claimed_at`, when the
-/// claim's answer arrived, which was after the database read its clock, so
-/// that none is early by that clock. Events due at one instant go out in one
-/// publish; the confirms of each are awaited once every event is out, so a
-/// slow confirm does not delay a later event. Returns one outcome per event,
-/// in order, and none without events.
+/// Publishes events claimed ahead (oldest first), each no sooner than its
+/// `ahead` after `claimed_at`, when the claim's answer arrived, which was
+/// after the database read its clock, so that none is early by that clock.
+/// Events due at one instant go out in one publish. Then awaits the confirms
+/// of `published` (what went out already) and of these, in order, so a slow
+/// confirm does not delay a later event. Returns one outcome per event.
 async fn publish_on_time(
     publisher: &PublisherHandle,
-    mut events: Vec<DueEvent>,
+    mut published: Vec<(PendingConfirms, usize)>,
+    mut ahead: Vec<DueEvent>,
     claimed_at: Instant,
 ) -> Vec<PublishOutcome> {
     let batch = tracing::Span::current();
-    let mut pending = Vec::new();
-    while let Some(first) = events.first() {
-        let ahead = first.ahead;
-        let same_instant = events
+    while let Some(first) = ahead.first() {
+        let instant = claimed_at + first.ahead;
+        let same_instant = ahead
             .iter()
-            .position(|e| e.ahead != ahead)
-            .unwrap_or(events.len());
-        let rest = events.split_off(same_instant);
-        if !ahead.is_zero() {
-            super::timer::sleep_until(claimed_at + ahead).await;
-        }
-        let count = events.len();
-        pending.push((publisher.publish(events, &batch), count));
-        events = rest;
+            .position(|e| e.ahead != first.ahead)
+            .unwrap_or(ahead.len());
+        let rest = ahead.split_off(same_instant);
+        super::timer::sleep_until(instant).await;
+        let count = ahead.len();
+        published.push((publisher.publish(ahead, &batch), count));
+        ahead = rest;
     }
     let mut outcomes = Vec::new();
-    for (confirms, count) in pending {
+    for (confirms, count) in published {
         outcomes.extend(publisher.confirmed(confirms, count, &batch).await);
     }
     outcomes
