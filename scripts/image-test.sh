@@ -345,6 +345,7 @@ scripts/ensure-services.sh
 command -v psql >/dev/null 2>&1 || die "psql is needed (scripts/ensure-services.sh installs it)"
 command -v rabbitmqctl >/dev/null 2>&1 || die "rabbitmqctl is needed to make this run's vhost (the broker must be this machine's)"
 command -v curl >/dev/null 2>&1 || apt_install curl || die "curl is needed"
+command -v ss >/dev/null 2>&1 || apt_install iproute2 || die "ss (iproute2) is needed to find free ports"
 
 # A database, a vhost and an exchange of this run's own, so nothing it does
 # meets the test suite's or anyone's data; the vhost goes with its exchanges
@@ -365,14 +366,19 @@ prefix=ns-image-test-$run_id
 
 sql() { timeout 60 psql "$db_url" -v ON_ERROR_STOP=1 -Atqc "$1"; }
 
-port_open() { timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
+# A port below the kernel's ephemeral range that no socket uses now. Inside
+# that range an outgoing connection (to PostgreSQL, RabbitMQ) can hold the
+# port without listening on it, and a listener then cannot bind it: a CI run
+# failed that way with a port that refused connections.
 free_port() {
-  local port
+  local ephemeral_low port
+  read -r ephemeral_low _ </proc/sys/net/ipv4/ip_local_port_range || ephemeral_low=32768
+  [ "$ephemeral_low" -gt 11024 ] || ephemeral_low=11024
   for _ in $(seq 100); do
-    port=$((20000 + RANDOM % 40000))
-    port_open "$port" || { printf '%s' "$port"; return; }
+    port=$((10000 + RANDOM % (ephemeral_low - 10000)))
+    [ -z "$(ss -Htan "( sport = :$port )")" ] && { printf '%s' "$port"; return; }
   done
-  die "no free port found"
+  die "no free port found below $ephemeral_low"
 }
 
 now_ms() { date +%s%3N; }
