@@ -132,6 +132,27 @@ async fn a_backlog_present_at_start_is_delivered_once_and_stale_reminders_are_sk
 }
 
 #[tokio::test]
+async fn a_started_daemon_has_every_claim_connection_open_before_anything_is_due() {
+    let (db, broker) = (TestDb::migrated().await, TestBroker::new().await);
+    let daemon = start_daemon(&db, &broker, &["--max-in-flight-batches", "3"]).await;
+    let client = db.client().await;
+    // One per batch awaiting confirms, one for the round, one spare: opened
+    // at start, so the first burst of claims does not open them while its
+    // rows are due. Lazily, an idle start opened one.
+    let open: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE datname = current_database() AND application_name = 'notification-scheduler'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(open >= 5, "{open} of the daemon's connections are open");
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_malformed_notification_changes_nothing() {
     let (db, broker) = (TestDb::migrated().await, TestBroker::new().await);
     let mut consumer = broker.consumer().await;

@@ -84,8 +84,10 @@ impl RunningDaemon {
         });
         let (fatal_sender, fatal) = watch::channel(None);
         let instance = crate::telemetry::instance_id();
+        let store = store(args, kinds::delivered(&args.broker.rabbitmq_routing_key));
+        warm_up(&store, args.database.database_connect_timeout).await;
         let supervisor_args = SupervisorArgs {
-            store: store(args, kinds::delivered(&args.broker.rabbitmq_routing_key)),
+            store,
             broker: Arc::new(LapinConnector::new(PublisherSettings {
                 url: args.broker.rabbitmq_url.clone(),
                 exchange: args.broker.rabbitmq_exchange.clone(),
@@ -169,6 +171,22 @@ impl RunningDaemon {
         let _ = self.supervisor_done.await;
         self.health_server.abort();
         tracing::info!("daemon stopped");
+    }
+}
+
+/// Warms the store's connections ([`PgScheduleStore::warm_up`]) for at most
+/// `bound`. A failure only means the first claims open their connections.
+async fn warm_up(store: &PgScheduleStore, bound: Duration) {
+    match tokio::time::timeout(bound, store.warm_up()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::warn!(
+            error = %actors::error_chain::Chain(&err),
+            "could not warm the database connections; claims will open them"
+        ),
+        Err(_) => tracing::warn!(
+            ?bound,
+            "warming the database connections took too long; claims will open them"
+        ),
     }
 }
 
