@@ -424,16 +424,16 @@ fn floors(report: &Report) -> Vec<Floor> {
     if let Some(base) = report.lateness.first() {
         let l = &base.lateness;
         floor(
-            "lateness p99",
-            "≤ 5 ms",
-            format!("{:.2} ms", l.p99_ms),
-            l.p99_ms <= 5.0,
+            "lateness p50",
+            "≤ 1.5 ms",
+            format!("{:.2} ms", l.p50_ms),
+            l.p50_ms <= 1.5,
         );
         floor(
-            "lateness max",
-            "≤ 25 ms",
-            format!("{:.2} ms", l.max_ms),
-            l.max_ms <= 25.0,
+            "lateness p99",
+            "≤ 3 ms",
+            format!("{:.2} ms", l.p99_ms),
+            l.p99_ms <= 3.0,
         );
         for run in report.lateness.iter().skip(1) {
             let delta = run.lateness.p99_ms - l.p99_ms;
@@ -448,9 +448,9 @@ fn floors(report: &Report) -> Vec<Floor> {
     if let Some(ratio) = report.backlog_to_ceiling {
         floor(
             "backlog / ceiling",
-            "≥ 0.8",
+            "≥ 0.95",
             format!("{ratio:.2}"),
-            ratio >= 0.8,
+            ratio >= 0.95,
         );
     }
     for herd in &report.herd {
