@@ -121,7 +121,13 @@ impl PgScheduleStore {
     ) -> Result<T, DbError> {
         match tokio::time::timeout(self.settings.query_timeout, future).await {
             Ok(result) => result.map_err(|err| DbError::query(context, err)),
-            Err(_) => Err(DbError::timed_out(context, self.settings.query_timeout)),
+            Err(_) => {
+                // The idle connections share the path that just went silent
+                // (a black-holed network, a failed-over server): close them
+                // too, or each would cost the next claims a timeout of its own.
+                self.pool.retain(|_, _| false);
+                Err(DbError::timed_out(context, self.settings.query_timeout))
+            }
         }
     }
 }
