@@ -95,9 +95,7 @@ impl PgScheduleStore {
     /// claimed; a connection that fails here is made again when needed.
     pub async fn warm_up(&self) -> Result<(), PortError> {
         let connections = self.pool.status().max_size;
-        // Held together, so that each is a connection of its own.
-        let sessions = try_join_all((0..connections).map(|_| self.session())).await?;
-        sessions.into_iter().for_each(Session::release);
+        // All asked for at once, so each takes a connection of its own.
         try_join_all((0..connections).map(|_| async {
             self.claim_due(0, Duration::ZERO).await?;
             self.next_due(&[]).await
