@@ -3,7 +3,8 @@
 //! headers and expiration; an expired one is marked, not published; a cancel
 //! or a move that commits before the claim is honoured, and one that races
 //! with delivery is either honoured or the message is delivered once, never
-//! both; a message for a missing exchange does not break the others.
+//! both; a message for a missing exchange or a full queue does not break
+//! the others.
 
 pub mod common;
 
@@ -485,5 +486,116 @@ async fn an_unroutable_message_is_retried_then_dead_lettered_while_the_rest_go_o
     assert_eq!(row.get::<_, String>(2), "dead_lettered");
     assert!(row.get::<_, bool>(3));
     assert_eq!(row.get::<_, Option<DateTime<Utc>>>(4), None);
+    daemon.shutdown().await;
+}
+
+/// A queue at its length limit with `reject-publish` (here a limit of 0)
+/// bound to `routing_key` on the test exchange; it lives as long as the
+/// returned connection.
+async fn full_queue(broker: &TestBroker, routing_key: &str) -> lapin::Connection {
+    use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+    let connection =
+        lapin::Connection::connect(&broker.url, lapin::ConnectionProperties::default())
+            .await
+            .expect("connect to RabbitMQ");
+    let channel = connection.create_channel().await.expect("a channel");
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-max-length".into(), AMQPValue::LongLongInt(0));
+    arguments.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    let queue = format!("full.{}", Uuid::new_v4().simple());
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..QueueDeclareOptions::default()
+            },
+            arguments,
+        )
+        .await
+        .expect("declare the full queue");
+    channel
+        .queue_bind(
+            queue.as_str().into(),
+            broker.exchange.as_str().into(),
+            routing_key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind the full queue");
+    connection
+}
+
+#[tokio::test]
+async fn a_full_queue_refusing_every_attempt_holds_up_nothing_else() {
+    let (db, broker) = (TestDb::migrated().await, TestBroker::new().await);
+    // The consumer declares the exchange the full queue binds to.
+    let mut consumer = broker.consumer().await;
+    let full_key = format!("full.{}", Uuid::new_v4().simple());
+    let _full = full_queue(&broker, &full_key).await;
+    let daemon = start_daemon(
+        &db,
+        &broker,
+        &[
+            "--retry-base",
+            "100ms",
+            "--retry-max",
+            "400ms",
+            "--max-attempts",
+            "5",
+        ],
+    )
+    .await;
+    // Replacing the broker session would show as a moment without it.
+    let readiness = daemon.readiness.clone();
+    let session_kept = tokio::spawn(async move {
+        while readiness.report().broker.ready {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    let client = db.client().await;
+    // Due together, so their batches are refused whole; each attempt again.
+    let refused = write(&client, &full_key, "{}", &[0, 0, 0]).await;
+    let reminders = common::schedule::schedule(&client, 3_600_000, &[300, 900, 1_500]).await;
+    let messages = write(&client, "scheduled.meanwhile", "{}", &[600, 1_200]).await;
+    let refused_ids: Vec<Uuid> = refused.iter().map(|m| m.id).collect();
+    wait_for("the refused messages dead-lettered", WAIT, || async {
+        client
+            .query_one(
+                "SELECT count(*) = 3 FROM scheduled_message \
+                  WHERE id = ANY($1) AND state = 'dead_lettered' AND attempts = 5 \
+                    AND last_error = 'refused (nacked) by the broker'",
+                &[&refused_ids],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    })
+    .await;
+    let received = consumer.take(reminders.len() + messages.len()).await;
+    consumer.assert_quiet(Duration::from_millis(300)).await;
+    let due: HashMap<String, DateTime<Utc>> = reminders
+        .iter()
+        .map(|r| (r.id.to_string(), r.at))
+        .chain(messages.iter().map(|m| (m.id.to_string(), m.at)))
+        .collect();
+    for message in &received {
+        let late = message.received_at - due[&message.message_id];
+        assert!(
+            late >= chrono::Duration::zero(),
+            "{} was early",
+            message.message_id
+        );
+    }
+    assert!(
+        !session_kept.is_finished(),
+        "the broker session was replaced: every event waited for the reconnect"
+    );
+    session_kept.abort();
     daemon.shutdown().await;
 }

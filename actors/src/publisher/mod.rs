@@ -7,19 +7,36 @@
 //! The actor hears only of what ends a session: losing the connection or the
 //! channel, or a batch whose confirms do not arrive within the confirm timeout
 //! (time blocked by flow control excluded). Either fails the actor; its
-//! supervisor restarts it with a new connection.
+//! supervisor restarts it with a new connection. So does a batch the broker
+//! refused whole on a session older than [`REFUSED_SESSION_MIN_AGE`].
 
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::Instrument;
 
 use crate::flow::FlowControl;
 use crate::model::{DueEvent, PublishOutcome};
-use crate::ports::{BrokerConnector, BrokerEvent, BrokerSession, EventSink, PendingConfirms};
+use crate::ports::{
+    BrokerConnector, BrokerEvent, BrokerSession, EventSink, PendingConfirms, PortError,
+};
 use crate::slot::Slot;
+
+/// How long a session must have run before a batch refused whole replaces it.
+/// A channel that published to a quorum queue while its leader moved can be
+/// refused for good (every message, on every queue) while a new channel is
+/// accepted: replacing the session cures that. A queue at its length limit
+/// with `reject-publish` refuses what is routed to it on any channel, so
+/// replacing the session cures nothing, and every replacement pauses all
+/// publishing (a full queue refused a batch each retry: the restarts' growing
+/// backoff held every other event back for seconds). A session younger than
+/// this has just been opened or replaced: it is kept, and a full queue costs
+/// at most one replacement, of about a tenth of a second, per this period.
+pub const REFUSED_SESSION_MIN_AGE: Duration = Duration::from_secs(10);
 
 /// Messages of the [`PublisherActor`].
 #[derive(Debug)]
@@ -56,6 +73,8 @@ pub struct PublisherArgs<C: BrokerConnector> {
 /// State of a running [`PublisherActor`].
 pub struct PublisherState<C: BrokerConnector> {
     session: Arc<C::Session>,
+    /// When the session was opened.
+    opened: Instant,
     confirm_timeout: Duration,
     flow: FlowControl,
 }
@@ -90,10 +109,11 @@ impl PublisherHandle {
     /// Waits for the confirms of `count` published messages. If the broker
     /// leaves them unanswered for the confirm timeout, the publisher is told
     /// (it reconnects) and every outcome is unknown. If it refuses every one,
-    /// the publisher is told too and reconnects: a channel that published to a
-    /// quorum queue while its leader moved can go on being refused for good
-    /// (seen with RabbitMQ 3.10), while a new channel is accepted. The refused
-    /// rows are retried after their delay either way.
+    /// the publisher is told too, and replaces a session that has run for
+    /// [`REFUSED_SESSION_MIN_AGE`]: a channel that published to a quorum queue
+    /// while its leader moved can go on being refused for good (seen with
+    /// RabbitMQ 3.10), while a new channel is accepted. The refused rows are
+    /// retried after their delay either way.
     pub async fn confirmed(
         &self,
         confirms: PendingConfirms,
@@ -175,6 +195,7 @@ impl<C: BrokerConnector> Actor for PublisherActor<C> {
         }));
         Ok(PublisherState {
             session,
+            opened: Instant::now(),
             confirm_timeout: args.confirm_timeout,
             flow: args.flow,
         })
@@ -207,7 +228,16 @@ impl<C: BrokerConnector> Actor for PublisherActor<C> {
                 return Err(PublisherError::ConfirmsTimedOut(state.confirm_timeout).into());
             }
             PublisherMessage::BatchRefused(count) => {
-                return Err(PublisherError::BatchRefused(count).into());
+                if state.opened.elapsed() < REFUSED_SESSION_MIN_AGE {
+                    tracing::debug!(
+                        count,
+                        "the broker refused a whole batch on a new session; keeping the session"
+                    );
+                    return Ok(());
+                }
+                // A replacement, not a crash: the supervisor reconnects at
+                // once instead of after a backoff that grows while it repeats.
+                return Err(PortError::unavailable(PublisherError::BatchRefused(count)).into());
             }
         }
         Ok(())

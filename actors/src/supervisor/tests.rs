@@ -109,15 +109,51 @@ async fn a_lost_broker_connection_is_replaced() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_batch_refused_whole_replaces_the_broker_session_and_is_retried() {
-    let h = start(|store, broker| {
-        store.insert_overdue(Duration::from_secs(1), None);
-        broker.script([PublishOutcome::Nacked]);
+async fn a_batch_refused_whole_replaces_a_session_that_has_run_a_while_and_is_retried() {
+    let h = start(|_, _| {}).await;
+    advance_until(Duration::from_secs(1), || h.readiness.report().ready()).await;
+    tokio::time::sleep(crate::publisher::REFUSED_SESSION_MIN_AGE).await;
+    h.broker.script([PublishOutcome::Nacked]);
+    let refused = h.store.insert_overdue(Duration::from_secs(1), None);
+    let written = tokio::time::Instant::now();
+    h.feed.emit(ListenEvent::Changed(
+        crate::model::ChangeHint::Unrecognised {
+            payload: String::new(),
+        },
+    ));
+    advance_until(Duration::from_secs(5), || h.broker.connects() == 2).await;
+    assert!(
+        written.elapsed() < Duration::from_millis(500),
+        "reconnected at once, not after a crash backoff: {:?}",
+        written.elapsed()
+    );
+    advance_until(Duration::from_secs(30), || {
+        h.store.row(refused).done == Some(Disposition::Published)
     })
     .await;
-    advance_until(Duration::from_secs(5), || h.broker.connects() == 2).await;
-    advance_until(Duration::from_secs(30), || h.store.pending() == 0).await;
     assert_eq!(h.broker.connects(), 2, "one refused batch, one new session");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_queue_refusing_every_attempt_keeps_a_new_session_and_the_others_go_out() {
+    // A full queue refuses each of the three attempts of one row (the fake
+    // store's limit); the other rows come due meanwhile, each in a batch of
+    // its own.
+    let h = start(|store, broker| {
+        store.insert_overdue(Duration::from_secs(1), None);
+        broker.script(std::iter::repeat_n(PublishOutcome::Nacked, 3));
+    })
+    .await;
+    let others: Vec<_> = (1..=4)
+        .map(|n| h.store.insert(Duration::from_millis(1_500 * n)))
+        .collect();
+    advance_until(Duration::from_secs(9), || h.store.pending() == 0).await;
+    for id in others {
+        assert_eq!(h.store.row(id).done, Some(Disposition::Published));
+    }
+    assert_eq!(h.broker.published().len(), 5 + 3, "three refusals");
+    assert_eq!(h.broker.connects(), 1, "the session was kept");
+    assert!(h.readiness.report().broker.ready);
 }
 
 #[tokio::test(start_paused = true)]
