@@ -39,9 +39,7 @@ const TOKEN: &str = "bench-token-0123456789abcdef0123456789";
 
 /// Creates `count` messages through the API, moves each, then cancels each.
 pub async fn api_calls(env: &BenchEnv, count: u64, clients: usize) -> anyhow::Result<ApiRun> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = crate::ports::free_port();
     let mut api = Command::new(&env.daemon_binary)
         .arg("api")
         .env("DATABASE_URL", env.url.raw())

@@ -315,9 +315,7 @@ impl DaemonProcess {
         extra: &[String],
         variables: &[(&str, &str)],
     ) -> anyhow::Result<Self> {
-        let health_port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let health_port = crate::ports::free_port();
         let child = Command::new(&env.daemon_binary)
             .arg("daemon")
             .args(extra)

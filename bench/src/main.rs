@@ -13,6 +13,9 @@
 mod api_calls;
 mod harness;
 mod idle;
+// The test suite's port picker: below the ephemeral range, checked by binding.
+#[path = "../../tests/common/ports.rs"]
+mod ports;
 mod scenarios;
 mod stats;
 
@@ -454,11 +457,17 @@ fn floors(report: &Report) -> Vec<Floor> {
         );
     }
     for herd in &report.herd {
+        // The issue's figure: the first published (the envelope's timestamp).
+        // The first delivery adds the broker hop and the consumer's wake-up.
+        let first = herd.run.lateness.published.min_ms;
         floor(
-            &format!("{}: first delivery", herd.run.label),
+            &format!("{}: first published", herd.run.label),
             "≤ 5 ms late",
-            format!("{:.2} ms", herd.run.lateness.min_ms),
-            herd.run.lateness.min_ms <= 5.0,
+            format!(
+                "{first:.2} ms (delivered {:.2} ms)",
+                herd.run.lateness.min_ms
+            ),
+            first <= 5.0,
         );
         floor(
             &format!("{}: drain / ceiling", herd.run.label),
@@ -556,6 +565,17 @@ fn print(report: &Report) {
         );
     }
     println!(
+        "\n{:<22} {:>8} {:>8} {:>8}   (by the envelope's timestamp: the daemon's share)",
+        "published (ms late)", "min", "p50", "p99"
+    );
+    for run in &report.lateness {
+        let p = &run.lateness.published;
+        println!(
+            "{:<22} {:>8.2} {:>8.2} {:>8.2}",
+            run.label, p.min_ms, p.p50_ms, p.p99_ms
+        );
+    }
+    println!(
         "\n{:<22} {:>9} {:>10} {:>10}",
         "queries (ms)", "claim p50", "claim p99", "next p50"
     );
@@ -631,9 +651,11 @@ fn print(report: &Report) {
     for herd in &report.herd {
         let l = &herd.run.lateness;
         println!(
-            "\n{}: first {:.2} ms, p50 {:.2} ms, last {:.2} ms after the instant = {:.0}/s; \
+            "\n{}: first published {:.2} ms, first delivered {:.2} ms, p50 {:.2} ms, \
+             last {:.2} ms after the instant = {:.0}/s; \
              ceiling {:.0}/s ({:.2}); early {}, missing {}, dup {}; peak RSS {:.1} MiB",
             herd.run.label,
+            l.published.min_ms,
             l.min_ms,
             l.p50_ms,
             l.max_ms,

@@ -24,6 +24,20 @@ pub struct Lateness {
     pub missing: usize,
     pub duplicates: usize,
     pub unexpected: usize,
+    /// The same by the envelope's `timestamp` (the daemon's clock as it hands
+    /// each message to the broker) instead of the consumer's receipt: the
+    /// daemon's share, without the broker hop and the consumer's wake-up.
+    /// NaN where no message has an envelope (scheduled messages go out as
+    /// written).
+    pub published: Published,
+}
+
+/// Lateness by the envelope's publish time, in milliseconds.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Published {
+    pub min_ms: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
 }
 
 /// Delivery accounting without timing: for the backlog and ceiling runs.
@@ -64,29 +78,34 @@ pub fn account(expected: &HashMap<Uuid, DateTime<Utc>>, received: &[Received]) -
 /// Lateness of the first delivery of each expected message.
 pub fn lateness(expected: &HashMap<Uuid, DateTime<Utc>>, received: &[Received]) -> Lateness {
     let accounting = account(expected, received);
-    let mut first: HashMap<Uuid, DateTime<Utc>> = HashMap::with_capacity(received.len());
+    let mut first: HashMap<Uuid, &Received> = HashMap::with_capacity(received.len());
     for message in received {
         if let Some(id) = message
             .message_id
             .as_deref()
             .and_then(|id| id.parse::<Uuid>().ok())
         {
-            first.entry(id).or_insert(message.received_at);
+            first.entry(id).or_insert(message);
         }
     }
     let mut late_ms: Vec<f64> = Vec::with_capacity(first.len());
+    let mut published_ms: Vec<f64> = Vec::new();
     let mut early = 0;
-    for (id, received_at) in &first {
+    for (id, message) in &first {
         let Some(due) = expected.get(id) else {
             continue;
         };
-        let ms = (*received_at - *due).num_microseconds().unwrap_or(i64::MAX) as f64 / 1000.0;
+        let ms = milliseconds(message.received_at - *due);
         if ms < 0.0 {
             early += 1;
         }
         late_ms.push(ms);
+        if let Some(published_at) = envelope_timestamp(&message.body) {
+            published_ms.push(milliseconds(published_at - *due));
+        }
     }
     late_ms.sort_by(f64::total_cmp);
+    published_ms.sort_by(f64::total_cmp);
     Lateness {
         expected: expected.len(),
         received: received.len(),
@@ -99,7 +118,27 @@ pub fn lateness(expected: &HashMap<Uuid, DateTime<Utc>>, received: &[Received]) 
         missing: accounting.missing,
         duplicates: accounting.duplicates,
         unexpected: accounting.unexpected,
+        published: Published {
+            min_ms: published_ms.first().copied().unwrap_or(f64::NAN),
+            p50_ms: percentile(&published_ms, 50.0),
+            p99_ms: percentile(&published_ms, 99.0),
+        },
     }
+}
+
+fn milliseconds(duration: chrono::Duration) -> f64 {
+    duration.num_microseconds().unwrap_or(i64::MAX) as f64 / 1000.0
+}
+
+/// The `timestamp` of an event envelope (docs/WIRE.md), set as the daemon
+/// encodes the message for its publish.
+fn envelope_timestamp(body: &[u8]) -> Option<DateTime<Utc>> {
+    #[derive(serde::Deserialize)]
+    struct Stamped<'a> {
+        timestamp: &'a str,
+    }
+    let stamped: Stamped = serde_json::from_slice(body).ok()?;
+    stamped.timestamp.parse().ok()
 }
 
 /// Nearest-rank percentile of sorted values.
@@ -157,5 +196,23 @@ mod tests {
             (1, 1, 1, 1)
         );
         assert_eq!(stats.max_ms, 3.0);
+        assert!(
+            stats.published.min_ms.is_nan(),
+            "no envelope, no publish time"
+        );
+    }
+
+    #[test]
+    fn the_publish_time_is_the_envelope_timestamp() {
+        let due: DateTime<Utc> = "2030-01-01T00:00:00Z".parse().unwrap();
+        let id = Uuid::new_v4();
+        let mut message = received(id, due + chrono::Duration::milliseconds(4));
+        message.body = br#"{"event_type":"game.reminder_due","timestamp":"2030-01-01T00:00:00.000250+00:00","data":{}}"#.to_vec();
+        let stats = lateness(&[(id, due)].into(), &[message]);
+        assert_eq!(stats.min_ms, 4.0);
+        assert_eq!(
+            (stats.published.min_ms, stats.published.p99_ms),
+            (0.25, 0.25)
+        );
     }
 }

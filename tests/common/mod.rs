@@ -13,6 +13,7 @@
 pub mod api;
 pub mod browser;
 pub mod otlp;
+pub mod ports;
 pub mod private_pg;
 pub mod private_rabbit;
 pub mod process;
