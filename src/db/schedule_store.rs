@@ -120,10 +120,7 @@ impl PgScheduleStore {
         match tokio::time::timeout(self.settings.query_timeout, future).await {
             Ok(result) => result.map_err(|err| DbError::query(context, err)),
             Err(_) => {
-                // The idle connections share the path that just went silent
-                // (a black-holed network, a failed-over server): close them
-                // too, or each would cost the next claims a timeout of its own.
-                self.pool.retain(|_, _| false);
+                close_idle(&self.pool);
                 Err(DbError::timed_out(context, self.settings.query_timeout))
             }
         }
@@ -167,6 +164,7 @@ impl ScheduleStore for PgScheduleStore {
         let claimed = claimed?;
         let mut claim = PgClaim {
             client: None,
+            pool: self.pool.clone(),
             events: Vec::new(),
             kinds: Arc::clone(&self.kinds),
             query_timeout: self.settings.query_timeout,
@@ -288,6 +286,8 @@ pub struct PgClaim {
     /// `None` once finished, and for an empty claim (its transaction ended
     /// when it was made).
     client: Option<Object>,
+    /// Whose idle connections a commit that times out closes.
+    pool: Pool,
     events: Vec<DueEvent>,
     kinds: Arc<[KindQueries]>,
     query_timeout: Duration,
@@ -373,6 +373,7 @@ impl Claim for PgClaim {
             }
             Ok(Err(err)) => Err(DbError::query("recording delivered events", err).into()),
             Err(_) => {
+                close_idle(&self.pool);
                 Err(DbError::timed_out("recording delivered events", self.query_timeout).into())
             }
         }
@@ -424,6 +425,13 @@ impl Drop for Session {
             discard(client);
         }
     }
+}
+
+/// Closes the pool's idle connections after a statement timed out: they share
+/// the path that just went silent (a black-holed network, a failed-over
+/// server), and each would otherwise cost the next claims a timeout of its own.
+fn close_idle(pool: &Pool) {
+    pool.retain(|_, _| false);
 }
 
 /// Closes a connection that may still be inside a claim transaction instead of
