@@ -330,7 +330,7 @@ async fn run_scenarios(args: &BenchArgs, env: &BenchEnv) -> anyhow::Result<Repor
                 .push(scenarios::backlog(env, daemon_args, args.replicas).await?);
         }
         let ceiling = median(report.ceiling.iter().map(|run| run.per_second));
-        let backlog = median(report.backlog.iter().map(|run| run.per_second));
+        let backlog = median(report.backlog.iter().map(|run| run.drain_per_second));
         report.backlog_to_ceiling = Some(backlog / ceiling);
     }
     if args.scenarios.contains(&Scenario::Scale) {
@@ -564,10 +564,12 @@ fn print(report: &Report) {
             run.peak_rss_kib.unwrap_or(0) as f64 / 1024.0
         );
     }
-    println!(
-        "\n{:<22} {:>8} {:>8} {:>8}   (by the envelope's timestamp: the daemon's share)",
-        "published (ms late)", "min", "p50", "p99"
-    );
+    if !report.lateness.is_empty() {
+        println!(
+            "\n{:<22} {:>8} {:>8} {:>8}   (by the envelope's timestamp: the daemon's share)",
+            "published (ms late)", "min", "p50", "p99"
+        );
+    }
     for run in &report.lateness {
         let p = &run.lateness.published;
         println!(
@@ -575,10 +577,12 @@ fn print(report: &Report) {
             run.label, p.min_ms, p.p50_ms, p.p99_ms
         );
     }
-    println!(
-        "\n{:<22} {:>9} {:>10} {:>10}",
-        "queries (ms)", "claim p50", "claim p99", "next p50"
-    );
+    if !report.lateness.is_empty() {
+        println!(
+            "\n{:<22} {:>9} {:>10} {:>10}",
+            "queries (ms)", "claim p50", "claim p99", "next p50"
+        );
+    }
     for run in &report.lateness {
         let q = &run.queries;
         println!(
@@ -611,12 +615,16 @@ fn print(report: &Report) {
             ceiling.accounting.duplicates
         );
         println!(
-            "backlog: {:>7} {} in {:>6.2} s = {:>8.0}/s by {} replica(s) (first after {:.3} s, missing {}, dup {}, peak RSS {:.1} MiB)",
+            "backlog: {:>7} {} in {:>6.2} s = {:>8.0}/s by {} replica(s) (from the first publish; \
+             from the daemon's start {:.2} s = {:.0}/s, first consumed after {:.3} s, \
+             missing {}, dup {}, peak RSS {:.1} MiB)",
             backlog.reminders,
             rows_name(&backlog.measured),
+            backlog.drain_seconds,
+            backlog.drain_per_second,
+            backlog.replicas,
             backlog.seconds,
             backlog.per_second,
-            backlog.replicas,
             backlog.first_message_seconds,
             backlog.accounting.missing,
             backlog.accounting.duplicates,

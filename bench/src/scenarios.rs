@@ -84,6 +84,11 @@ pub struct BacklogRun {
     /// From starting the daemon process to the last message consumed.
     pub seconds: f64,
     pub per_second: f64,
+    /// From the daemon's first publish (the earliest envelope timestamp) to
+    /// the last message consumed, as the ceiling run is timed; the whole run
+    /// where no message has an envelope.
+    pub drain_seconds: f64,
+    pub drain_per_second: f64,
     /// From starting the daemon process to the first message consumed
     /// (process start, connections, first claim).
     pub first_message_seconds: f64,
@@ -220,12 +225,21 @@ pub async fn backlog(
         .map(|message| message.received_at)
         .min()
         .map_or(f64::NAN, |first| seconds_between(started, first));
+    let first_published = received
+        .iter()
+        .filter_map(|message| stats::envelope_timestamp(&message.body))
+        .min()
+        .unwrap_or(started);
+    let drain_seconds = last_expected(&expected, &received)
+        .map_or(f64::NAN, |last| seconds_between(first_published, last));
     Ok(BacklogRun {
         reminders: count,
         measured: env.measured.clone(),
         beside,
         seconds,
         per_second: count as f64 / seconds,
+        drain_seconds,
+        drain_per_second: count as f64 / drain_seconds,
         first_message_seconds,
         replicas,
         accounting: stats::account(&expected, &received),

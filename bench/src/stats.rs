@@ -132,7 +132,7 @@ fn milliseconds(duration: chrono::Duration) -> f64 {
 
 /// The `timestamp` of an event envelope (docs/WIRE.md), set as the daemon
 /// encodes the message for its publish.
-fn envelope_timestamp(body: &[u8]) -> Option<DateTime<Utc>> {
+pub fn envelope_timestamp(body: &[u8]) -> Option<DateTime<Utc>> {
     #[derive(serde::Deserialize)]
     struct Stamped<'a> {
         timestamp: &'a str,
