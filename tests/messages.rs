@@ -12,8 +12,8 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use common::schedule::{start_daemon, wait_for};
-use common::{Received, TestBroker, TestDb, WAIT};
+use common::schedule::{Reminder, start_daemon, wait_for};
+use common::{Received, TestBroker, TestConsumer, TestDb, WAIT};
 use futures_util::future::join_all;
 use lapin::types::{AMQPValue, ShortString};
 use uuid::Uuid;
@@ -422,23 +422,46 @@ async fn a_message_for_a_missing_exchange_waits_for_a_retry_and_the_others_go_ou
     daemon.shutdown().await;
 }
 
+/// Refused messages retried within a second or two: four attempts, 100 ms
+/// doubling to 400 ms apart.
+const QUICK_RETRIES: &[&str] = &[
+    "--retry-base",
+    "100ms",
+    "--retry-max",
+    "400ms",
+    "--max-attempts",
+    "4",
+];
+
+/// Takes the reminders and messages due beside a refused message, and
+/// nothing else, and asserts none came early.
+async fn take_the_others(
+    consumer: &mut TestConsumer,
+    reminders: &[Reminder],
+    messages: &[Written],
+) {
+    let received = consumer.take(reminders.len() + messages.len()).await;
+    consumer.assert_quiet(Duration::from_millis(300)).await;
+    let due: HashMap<String, DateTime<Utc>> = reminders
+        .iter()
+        .map(|r| (r.id.to_string(), r.at))
+        .chain(messages.iter().map(|m| (m.id.to_string(), m.at)))
+        .collect();
+    for message in &received {
+        let late = message.received_at - due[&message.message_id];
+        assert!(
+            late >= chrono::Duration::zero(),
+            "{} was early",
+            message.message_id
+        );
+    }
+}
+
 #[tokio::test]
 async fn an_unroutable_message_is_retried_then_dead_lettered_while_the_rest_go_out_on_time() {
     let (db, broker) = (TestDb::migrated().await, TestBroker::new().await);
     let mut consumer = broker.consumer().await;
-    let daemon = start_daemon(
-        &db,
-        &broker,
-        &[
-            "--retry-base",
-            "100ms",
-            "--retry-max",
-            "400ms",
-            "--max-attempts",
-            "4",
-        ],
-    )
-    .await;
+    let daemon = start_daemon(&db, &broker, QUICK_RETRIES).await;
     let client = db.client().await;
     // No queue is bound for this key: the broker returns it on every attempt.
     let unroutable = write(&client, "unbound.nobody", "{}", &[0]).await[0].id;
@@ -455,21 +478,7 @@ async fn an_unroutable_message_is_retried_then_dead_lettered_while_the_rest_go_o
             .get(0)
     })
     .await;
-    let received = consumer.take(reminders.len() + messages.len()).await;
-    consumer.assert_quiet(Duration::from_millis(300)).await;
-    let due: HashMap<String, DateTime<Utc>> = reminders
-        .iter()
-        .map(|r| (r.id.to_string(), r.at))
-        .chain(messages.iter().map(|m| (m.id.to_string(), m.at)))
-        .collect();
-    for message in &received {
-        let late = message.received_at - due[&message.message_id];
-        assert!(
-            late >= chrono::Duration::zero(),
-            "{} was early",
-            message.message_id
-        );
-    }
+    take_the_others(&mut consumer, &reminders, &messages).await;
     let row = client
         .query_one(
             "SELECT attempts, last_error, outcome, dead_lettered_at IS NOT NULL, next_attempt_at \
@@ -538,19 +547,7 @@ async fn a_full_queue_refusing_every_attempt_holds_up_nothing_else() {
     let mut consumer = broker.consumer().await;
     let full_key = format!("full.{}", Uuid::new_v4().simple());
     let _full = full_queue(&broker, &full_key).await;
-    let daemon = start_daemon(
-        &db,
-        &broker,
-        &[
-            "--retry-base",
-            "100ms",
-            "--retry-max",
-            "400ms",
-            "--max-attempts",
-            "5",
-        ],
-    )
-    .await;
+    let daemon = start_daemon(&db, &broker, QUICK_RETRIES).await;
     // Replacing the broker session would show as a moment without it.
     let readiness = daemon.readiness.clone();
     let session_kept = tokio::spawn(async move {
@@ -568,7 +565,7 @@ async fn a_full_queue_refusing_every_attempt_holds_up_nothing_else() {
         client
             .query_one(
                 "SELECT count(*) = 3 FROM scheduled_message \
-                  WHERE id = ANY($1) AND state = 'dead_lettered' AND attempts = 5 \
+                  WHERE id = ANY($1) AND state = 'dead_lettered' AND attempts = 4 \
                     AND last_error = 'refused (nacked) by the broker'",
                 &[&refused_ids],
             )
@@ -577,21 +574,7 @@ async fn a_full_queue_refusing_every_attempt_holds_up_nothing_else() {
             .get(0)
     })
     .await;
-    let received = consumer.take(reminders.len() + messages.len()).await;
-    consumer.assert_quiet(Duration::from_millis(300)).await;
-    let due: HashMap<String, DateTime<Utc>> = reminders
-        .iter()
-        .map(|r| (r.id.to_string(), r.at))
-        .chain(messages.iter().map(|m| (m.id.to_string(), m.at)))
-        .collect();
-    for message in &received {
-        let late = message.received_at - due[&message.message_id];
-        assert!(
-            late >= chrono::Duration::zero(),
-            "{} was early",
-            message.message_id
-        );
-    }
+    take_the_others(&mut consumer, &reminders, &messages).await;
     assert!(
         !session_kept.is_finished(),
         "the broker session was replaced: every event waited for the reconnect"
