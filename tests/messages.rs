@@ -16,6 +16,7 @@ use common::schedule::{Reminder, start_daemon, wait_for};
 use common::{Received, TestBroker, TestConsumer, TestDb, WAIT};
 use futures_util::future::join_all;
 use lapin::types::{AMQPValue, ShortString};
+use notification_scheduler::daemon::RunningDaemon;
 use uuid::Uuid;
 
 /// A scheduled message as written.
@@ -422,6 +423,17 @@ async fn a_message_for_a_missing_exchange_waits_for_a_retry_and_the_others_go_ou
     daemon.shutdown().await;
 }
 
+/// A task that ends if the daemon's broker session is ever down: replacing
+/// it shows as a moment without it.
+fn watch_broker_session(daemon: &RunningDaemon) -> tokio::task::JoinHandle<()> {
+    let readiness = daemon.readiness.clone();
+    tokio::spawn(async move {
+        while readiness.report().broker.ready {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+}
+
 /// Refused messages retried within a second or two: four attempts, 100 ms
 /// doubling to 400 ms apart.
 const QUICK_RETRIES: &[&str] = &[
@@ -548,13 +560,7 @@ async fn a_full_queue_refusing_every_attempt_holds_up_nothing_else() {
     let full_key = format!("full.{}", Uuid::new_v4().simple());
     let _full = full_queue(&broker, &full_key).await;
     let daemon = start_daemon(&db, &broker, QUICK_RETRIES).await;
-    // Replacing the broker session would show as a moment without it.
-    let readiness = daemon.readiness.clone();
-    let session_kept = tokio::spawn(async move {
-        while readiness.report().broker.ready {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    });
+    let session_kept = watch_broker_session(&daemon);
     let client = db.client().await;
     // Due together, so their batches are refused whole; each attempt again.
     let refused = write(&client, &full_key, "{}", &[0, 0, 0]).await;
@@ -578,6 +584,54 @@ async fn a_full_queue_refusing_every_attempt_holds_up_nothing_else() {
     assert!(
         !session_kept.is_finished(),
         "the broker session was replaced: every event waited for the reconnect"
+    );
+    session_kept.abort();
+    daemon.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_message_over_the_brokers_size_limit_is_refused_unpublished_and_holds_up_nothing_else() {
+    let (db, broker) = (TestDb::migrated().await, TestBroker::new().await);
+    let mut consumer = broker.consumer().await;
+    let settings = [QUICK_RETRIES, &["--rabbitmq-max-message-bytes", "1024"]].concat();
+    let daemon = start_daemon(&db, &broker, &settings).await;
+    let session_kept = watch_broker_session(&daemon);
+    let client = db.client().await;
+    let large = format!("\"{}\"", "x".repeat(1_100));
+    let oversized = write(&client, "scheduled.large", &large, &[0]).await[0].id;
+    // At the limit: published.
+    let at_limit = format!("\"{}\"", "y".repeat(1_022));
+    let mut messages = write(&client, "scheduled.meanwhile", &at_limit, &[0]).await;
+    let reminders = common::schedule::schedule(&client, 3_600_000, &[300, 900]).await;
+    messages.extend(write(&client, "scheduled.meanwhile", "{}", &[600]).await);
+    wait_for("the oversized message dead-lettered", WAIT, || async {
+        client
+            .query_one(
+                "SELECT state = 'dead_lettered' AND attempts = 4 \
+                   FROM scheduled_message WHERE id = $1",
+                &[&oversized],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    })
+    .await;
+    take_the_others(&mut consumer, &reminders, &messages).await;
+    let last_error: String = client
+        .query_one(
+            "SELECT last_error FROM scheduled_message WHERE id = $1",
+            &[&oversized],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        last_error,
+        "a body of 1102 bytes is over RABBITMQ_MAX_MESSAGE_BYTES (1024)"
+    );
+    assert!(
+        !session_kept.is_finished(),
+        "the broker session was replaced"
     );
     session_kept.abort();
     daemon.shutdown().await;

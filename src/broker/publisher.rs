@@ -33,6 +33,8 @@ pub struct PublisherSettings {
     pub exchange: String,
     pub heartbeat: Duration,
     pub connect_timeout: Duration,
+    /// Largest body published (`RABBITMQ_MAX_MESSAGE_BYTES`).
+    pub max_message_bytes: usize,
     /// Shown in the broker's connection list.
     pub connection_name: String,
 }
@@ -119,6 +121,7 @@ impl BrokerConnector for LapinConnector {
                 settings.connect_timeout,
             ),
             channel.clone(),
+            settings.max_message_bytes,
             writer_receiver,
             confirm_sender,
         ));
@@ -192,10 +195,13 @@ impl Drop for LapinSession {
 }
 
 /// Publishes each batch pipelined (every frame queued before the first is
-/// awaited), in arrival order, then hands its confirms to the collector.
+/// awaited), in arrival order, then hands its confirms to the collector. A
+/// body over `max_message_bytes` is not published: the broker would close the
+/// channel under the whole batch.
 async fn write_batches(
     mut exchanges: Exchanges,
     channel: Channel,
+    max_message_bytes: usize,
     mut requests: mpsc::UnboundedReceiver<WriteRequest>,
     collector: mpsc::UnboundedSender<PublishedBatch>,
 ) {
@@ -211,7 +217,15 @@ async fn write_batches(
             .iter()
             .zip(targets)
             .map(|(event, target)| {
-                target.map(|exchange| (event, exchange, envelope::encode(event, now)))
+                let exchange = target?;
+                let (body, properties) = envelope::encode(event, now);
+                if body.len() > max_message_bytes {
+                    return Err(PublishOutcome::Unpublishable(format!(
+                        "a body of {} bytes is over RABBITMQ_MAX_MESSAGE_BYTES ({max_message_bytes})",
+                        body.len()
+                    )));
+                }
+                Ok((event, exchange, (body, properties)))
             })
             .collect();
         let publishes = encoded.iter().filter_map(|message| {

@@ -127,6 +127,15 @@ pub struct BrokerArgs {
     /// by broker flow control does not count.
     #[arg(long, env = "RABBITMQ_CONFIRM_TIMEOUT", default_value = "10s", value_parser = parse::positive_duration)]
     pub rabbitmq_confirm_timeout: Duration,
+
+    /// Largest message body the daemon publishes: set it to the broker's
+    /// `max_message_size` (16 MiB by default since RabbitMQ 4.0, 128 MiB
+    /// before). The broker closes the channel on a larger message, failing
+    /// every message in flight with it, again at each attempt; a larger
+    /// scheduled message is refused before publishing instead, retried after
+    /// its delay, and dead-lettered after its last attempt.
+    #[arg(long, env = "RABBITMQ_MAX_MESSAGE_BYTES", default_value = "16777216", value_parser = parse::bounded_integer(1, 512 * 1024 * 1024))]
+    pub rabbitmq_max_message_bytes: usize,
 }
 
 /// Settings of `daemon`.

@@ -93,6 +93,7 @@ impl RunningDaemon {
                 exchange: args.broker.rabbitmq_exchange.clone(),
                 heartbeat: args.broker.rabbitmq_heartbeat,
                 connect_timeout: args.broker.rabbitmq_connect_timeout,
+                max_message_bytes: args.broker.rabbitmq_max_message_bytes,
                 connection_name: format!("notification-scheduler daemon {instance}"),
             })),
             listen: Arc::new(PgListenConnector::new(
