@@ -458,15 +458,18 @@ fn floors(report: &Report) -> Vec<Floor> {
     }
     for herd in &report.herd {
         // The issue's figure: the first published (the envelope's timestamp).
-        // The first delivery adds the broker hop and the consumer's wake-up.
-        let first = herd.run.lateness.published.min_ms;
+        // The first delivery adds the broker hop and the consumer's wake-up;
+        // it stands in where the messages have no envelope.
+        let lateness = &herd.run.lateness;
+        let (first, what) = if lateness.published.min_ms.is_nan() {
+            (lateness.min_ms, "first delivered")
+        } else {
+            (lateness.published.min_ms, "first published")
+        };
         floor(
-            &format!("{}: first published", herd.run.label),
+            &format!("{}: {what}", herd.run.label),
             "≤ 5 ms late",
-            format!(
-                "{first:.2} ms (delivered {:.2} ms)",
-                herd.run.lateness.min_ms
-            ),
+            format!("{first:.2} ms (delivered {:.2} ms)", lateness.min_ms),
             first <= 5.0,
         );
         floor(
@@ -615,7 +618,7 @@ fn print(report: &Report) {
             ceiling.accounting.duplicates
         );
         println!(
-            "backlog: {:>7} {} in {:>6.2} s = {:>8.0}/s by {} replica(s) (from the first publish; \
+            "backlog: {:>7} {} in {:>6.2} s = {:>8.0}/s by {} replica(s) (from {}; \
              from the daemon's start {:.2} s = {:.0}/s, first consumed after {:.3} s, \
              missing {}, dup {}, peak RSS {:.1} MiB)",
             backlog.reminders,
@@ -623,6 +626,7 @@ fn print(report: &Report) {
             backlog.drain_seconds,
             backlog.drain_per_second,
             backlog.replicas,
+            backlog.drain_from,
             backlog.seconds,
             backlog.per_second,
             backlog.first_message_seconds,

@@ -89,6 +89,8 @@ pub struct BacklogRun {
     /// where no message has an envelope.
     pub drain_seconds: f64,
     pub drain_per_second: f64,
+    /// What `drain_seconds` counts from.
+    pub drain_from: &'static str,
     /// From starting the daemon process to the first message consumed
     /// (process start, connections, first claim).
     pub first_message_seconds: f64,
@@ -225,13 +227,15 @@ pub async fn backlog(
         .map(|message| message.received_at)
         .min()
         .map_or(f64::NAN, |first| seconds_between(started, first));
-    let first_published = received
+    let (drain_start, drain_from) = received
         .iter()
         .filter_map(|message| stats::envelope_timestamp(&message.body))
         .min()
-        .unwrap_or(started);
+        .map_or((started, "the daemon's start"), |first| {
+            (first, "the first publish")
+        });
     let drain_seconds = last_expected(&expected, &received)
-        .map_or(f64::NAN, |last| seconds_between(first_published, last));
+        .map_or(f64::NAN, |last| seconds_between(drain_start, last));
     Ok(BacklogRun {
         reminders: count,
         measured: env.measured.clone(),
@@ -240,6 +244,7 @@ pub async fn backlog(
         per_second: count as f64 / seconds,
         drain_seconds,
         drain_per_second: count as f64 / drain_seconds,
+        drain_from,
         first_message_seconds,
         replicas,
         accounting: stats::account(&expected, &received),
