@@ -445,6 +445,35 @@ const QUICK_RETRIES: &[&str] = &[
     "4",
 ];
 
+/// Waits until every message of `ids` is dead-lettered after the four
+/// attempts of [`QUICK_RETRIES`]; returns the last error of each, in order.
+async fn dead_lettered(client: &tokio_postgres::Client, ids: &[Uuid]) -> Vec<String> {
+    let expected = i64::try_from(ids.len()).expect("a few ids");
+    wait_for("the refused messages dead-lettered", WAIT, || async {
+        client
+            .query_one(
+                "SELECT count(*) = $2 FROM scheduled_message \
+                  WHERE id = ANY($1) AND state = 'dead_lettered' AND attempts = 4",
+                &[&ids, &expected],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    })
+    .await;
+    client
+        .query(
+            "SELECT last_error FROM scheduled_message m \
+               JOIN unnest($1::uuid[]) WITH ORDINALITY AS i(id, n) USING (id) ORDER BY n",
+            &[&ids],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
 /// Takes the reminders and messages due beside a refused message, and
 /// nothing else, and asserts none came early.
 async fn take_the_others(
@@ -479,17 +508,7 @@ async fn an_unroutable_message_is_retried_then_dead_lettered_while_the_rest_go_o
     let unroutable = write(&client, "unbound.nobody", "{}", &[0]).await[0].id;
     let reminders = common::schedule::schedule(&client, 3_600_000, &[300, 600, 900]).await;
     let messages = write(&client, "scheduled.meanwhile", "{}", &[450, 750]).await;
-    wait_for("the unroutable message dead-lettered", WAIT, || async {
-        client
-            .query_one(
-                "SELECT state = 'dead_lettered' FROM scheduled_message WHERE id = $1",
-                &[&unroutable],
-            )
-            .await
-            .unwrap()
-            .get(0)
-    })
-    .await;
+    dead_lettered(&client, &[unroutable]).await;
     take_the_others(&mut consumer, &reminders, &messages).await;
     let row = client
         .query_one(
@@ -567,20 +586,9 @@ async fn a_full_queue_refusing_every_attempt_holds_up_nothing_else() {
     let reminders = common::schedule::schedule(&client, 3_600_000, &[300, 900, 1_500]).await;
     let messages = write(&client, "scheduled.meanwhile", "{}", &[600, 1_200]).await;
     let refused_ids: Vec<Uuid> = refused.iter().map(|m| m.id).collect();
-    wait_for("the refused messages dead-lettered", WAIT, || async {
-        client
-            .query_one(
-                "SELECT count(*) = 3 FROM scheduled_message \
-                  WHERE id = ANY($1) AND state = 'dead_lettered' AND attempts = 4 \
-                    AND last_error = 'refused (nacked) by the broker'",
-                &[&refused_ids],
-            )
-            .await
-            .unwrap()
-            .get(0)
-    })
-    .await;
+    let errors = dead_lettered(&client, &refused_ids).await;
     take_the_others(&mut consumer, &reminders, &messages).await;
+    assert_eq!(errors, ["refused (nacked) by the broker"; 3]);
     assert!(
         !session_kept.is_finished(),
         "the broker session was replaced: every event waited for the reconnect"
@@ -604,30 +612,11 @@ async fn a_message_over_the_brokers_size_limit_is_refused_unpublished_and_holds_
     let mut messages = write(&client, "scheduled.meanwhile", &at_limit, &[0]).await;
     let reminders = common::schedule::schedule(&client, 3_600_000, &[300, 900]).await;
     messages.extend(write(&client, "scheduled.meanwhile", "{}", &[600]).await);
-    wait_for("the oversized message dead-lettered", WAIT, || async {
-        client
-            .query_one(
-                "SELECT state = 'dead_lettered' AND attempts = 4 \
-                   FROM scheduled_message WHERE id = $1",
-                &[&oversized],
-            )
-            .await
-            .unwrap()
-            .get(0)
-    })
-    .await;
+    let errors = dead_lettered(&client, &[oversized]).await;
     take_the_others(&mut consumer, &reminders, &messages).await;
-    let last_error: String = client
-        .query_one(
-            "SELECT last_error FROM scheduled_message WHERE id = $1",
-            &[&oversized],
-        )
-        .await
-        .unwrap()
-        .get(0);
     assert_eq!(
-        last_error,
-        "a body of 1102 bytes is over RABBITMQ_MAX_MESSAGE_BYTES (1024)"
+        errors,
+        ["a body of 1102 bytes is over RABBITMQ_MAX_MESSAGE_BYTES (1024)"]
     );
     assert!(
         !session_kept.is_finished(),

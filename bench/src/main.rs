@@ -526,18 +526,12 @@ fn floors(report: &Report) -> Vec<Floor> {
     floors
 }
 
-fn print(report: &Report) {
-    let m = &report.machine;
-    println!(
-        "\nmachine: {} CPUs, {:.1} GiB, PostgreSQL {}, Linux {}",
-        m.cpus, m.memory_gib, m.postgres, m.kernel
-    );
-    let kinds: Vec<&str> = report
-        .measured
-        .iter()
-        .map(|kind| kind.kind().name)
-        .collect();
-    println!("measured rows: {}", kinds.join(", "));
+/// The lateness runs' tables: lateness by receipt, by the envelope's publish
+/// time, the hot queries, and what sat beside the measured rows.
+fn print_lateness(runs: &[LatenessRun]) {
+    if runs.is_empty() {
+        return;
+    }
     println!(
         "\n{:<22} {:>6} {:>8} {:>8} {:>8} {:>8} {:>5} {:>7} {:>4} {:>9}",
         "lateness",
@@ -551,7 +545,7 @@ fn print(report: &Report) {
         "dup",
         "RSS MiB"
     );
-    for run in &report.lateness {
+    for run in runs {
         let l = &run.lateness;
         println!(
             "{:<22} {:>6} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>5} {:>7} {:>4} {:>9.1}",
@@ -567,26 +561,22 @@ fn print(report: &Report) {
             run.peak_rss_kib.unwrap_or(0) as f64 / 1024.0
         );
     }
-    if !report.lateness.is_empty() {
-        println!(
-            "\n{:<22} {:>8} {:>8} {:>8}   (by the envelope's timestamp: the daemon's share)",
-            "published (ms late)", "min", "p50", "p99"
-        );
-    }
-    for run in &report.lateness {
+    println!(
+        "\n{:<22} {:>8} {:>8} {:>8}   (by the envelope's timestamp: the daemon's share)",
+        "published (ms late)", "min", "p50", "p99"
+    );
+    for run in runs {
         let p = &run.lateness.published;
         println!(
             "{:<22} {:>8.2} {:>8.2} {:>8.2}",
             run.label, p.min_ms, p.p50_ms, p.p99_ms
         );
     }
-    if !report.lateness.is_empty() {
-        println!(
-            "\n{:<22} {:>9} {:>10} {:>10}",
-            "queries (ms)", "claim p50", "claim p99", "next p50"
-        );
-    }
-    for run in &report.lateness {
+    println!(
+        "\n{:<22} {:>9} {:>10} {:>10}",
+        "queries (ms)", "claim p50", "claim p99", "next p50"
+    );
+    for run in runs {
         let q = &run.queries;
         println!(
             "{:<22} {:>9.3} {:>10.3} {:>10.3}  ({} pending {}, sent {}; server: claim {:.3}, next-due {:.3})",
@@ -601,12 +591,25 @@ fn print(report: &Report) {
             q.next_due_explain_ms
         );
     }
-    if !report.lateness.is_empty() {
-        println!("\nrows beside (pending more than a day ahead / done)");
-    }
-    for run in &report.lateness {
+    println!("\nrows beside (pending more than a day ahead / done)");
+    for run in runs {
         println!("{:<22} {}", run.label, beside(&run.beside));
     }
+}
+
+fn print(report: &Report) {
+    let m = &report.machine;
+    println!(
+        "\nmachine: {} CPUs, {:.1} GiB, PostgreSQL {}, Linux {}",
+        m.cpus, m.memory_gib, m.postgres, m.kernel
+    );
+    let kinds: Vec<&str> = report
+        .measured
+        .iter()
+        .map(|kind| kind.kind().name)
+        .collect();
+    println!("measured rows: {}", kinds.join(", "));
+    print_lateness(&report.lateness);
     for (ceiling, backlog) in report.ceiling.iter().zip(&report.backlog) {
         println!(
             "\nceiling: {:>7} messages in {:>6.2} s = {:>8.0}/s (window {}, missing {}, dup {})",
